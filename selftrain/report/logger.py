@@ -1,0 +1,135 @@
+"""One logger for every recipe: a local `metrics.jsonl` plus a Weights & Biases run.
+
+W&B runs offline by default, so nothing needs a network or an account; it goes online when the
+user sets WANDB_MODE=online (or `wandb_mode=online` in the config). Only rank 0 writes anything;
+on other ranks every method is a no-op. `wandb_mode=disabled` turns W&B off (metrics.jsonl stays).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .. import dist
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Append one JSON line (flushed and fsynced, so a kill loses at most the line being written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class RunLogger:
+    """Logs scalar dicts to `<out_dir>/<jsonl_name>` and to W&B (rank 0 only).
+
+    `mode`: "offline" (default), "online", or "disabled"; WANDB_MODE in the environment wins.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        project: str = "selftrain",
+        name: str | None = None,
+        config: dict[str, Any] | None = None,
+        mode: str = "offline",
+        jsonl_name: str = "metrics.jsonl",
+        resume_id: str | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.enabled = dist.is_main()
+        self.jsonl = self.out_dir / jsonl_name
+        self._wandb = None
+        if not self.enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        mode = os.environ.get("WANDB_MODE", mode)
+        if mode != "disabled":
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self._wandb = wandb.init(
+                project=project,
+                name=name,
+                config=_jsonable(config or {}),
+                dir=str(self.out_dir),
+                mode=mode,
+                id=resume_id,
+                resume="allow" if resume_id else None,
+                reinit="create_new",
+            )
+
+    @property
+    def wandb_dir(self) -> str | None:
+        return getattr(self._wandb, "dir", None) if self._wandb is not None else None
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        row = dict(metrics)
+        if step is not None:
+            row["step"] = step
+        append_jsonl(self.jsonl, row)
+        if self._wandb is not None:
+            flat = {k: v for k, v in _jsonable(metrics).items() if isinstance(v, (int, float)) and v is not None}
+            self._wandb.log(flat, step=step)
+
+    def log_image(self, key: str, png_path: str | os.PathLike, step: int | None = None) -> None:
+        if not self.enabled or self._wandb is None:
+            return
+        import wandb
+
+        self._wandb.log({key: wandb.Image(str(png_path))}, step=step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        if not self.enabled or self._wandb is None:
+            return
+        import wandb
+
+        self._wandb.log({key: wandb.Table(columns=columns, data=_jsonable(rows))})
+
+    def finish(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None

