@@ -1,0 +1,191 @@
+"""The decoder forward pass for the Llama family (Llama, Mistral, Qwen2), reading HF weights.
+
+Reads top to bottom: config -> RoPE tables -> one decoder layer -> the stack -> logits.
+HF's own forward has no paged KV cache, so the sampler runs this one. Weights are taken from
+the HF model once: q/k/v and gate/up projections are concatenated so each layer does 4 matmuls.
+Numerics follow HF's fp32 path (RMSNorm in fp32, RoPE on rotate-half layout, GQA head order).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    sliding_window: int | None
+
+    @classmethod
+    def from_hf_config(cls, cfg: Any, arch: str | None = None) -> "ModelArgs":
+        model_type = getattr(cfg, "model_type", None)
+        arch = arch or (getattr(cfg, "architectures", None) or [model_type])[0]
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"the sampler has no forward pass for architecture {arch!r} (model_type {model_type!r}); "
+                f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        act = getattr(cfg, "hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"architecture {arch!r}: hidden_act {act!r} is not supported (only silu)")
+        # transformers 5 keeps theta and scaling in `rope_parameters`; 4.x in rope_theta / rope_scaling
+        rope = dict(getattr(cfg, "rope_parameters", None) or {})
+        legacy = getattr(cfg, "rope_scaling", None)
+        if legacy:
+            rope = {**dict(legacy), **rope}
+        theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        heads = cfg.num_attention_heads
+        window = None
+        if model_type == "mistral" or getattr(cfg, "use_sliding_window", False):
+            window = getattr(cfg, "sliding_window", None)
+        return cls(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_layers=cfg.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            rms_norm_eps=float(cfg.rms_norm_eps),
+            rope_theta=float(theta),
+            rope_scaling=None if rope_type == "default" else {**rope, "rope_type": rope_type},
+            max_position_embeddings=int(cfg.max_position_embeddings),
+            tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+            sliding_window=int(window) if window else None,
+        )
+
+
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    """Inverse frequencies, with Llama-3 ("llama3") or linear scaling when the config asks."""
+    dim = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = args.rope_scaling
+    if scaling is None:
+        return inv_freq
+    kind = scaling["rope_type"]
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        # long wavelengths are slowed by `factor`, short ones kept, the band between interpolated
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        in_band = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+        return torch.where(in_band, blended, scaled)
+    raise ValueError(f"rope_type {kind!r} is not supported by the sampler (default, linear, llama3)")
+
+
+def rope_tables(args: ModelArgs, max_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for positions 0..max_len-1, shape [max_len, head_dim], fp32."""
+    inv_freq = rope_inv_freq(args)
+    positions = torch.arange(max_len, dtype=torch.float32)
+    freqs = positions[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(device), emb.sin().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, head_dim]; cos/sin [T, 1, head_dim]; rotate-half layout as in HF Llama."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # computed in fp32 and scaled after casting back, exactly as HF's LlamaRMSNorm
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+class LayerWeights:
+    """One decoder layer's weights, fused for fewer matmuls."""
+
+    def __init__(self, sd: dict[str, torch.Tensor], prefix: str, dtype: torch.dtype, device: torch.device):
+        def get(name: str) -> torch.Tensor | None:
+            t = sd.get(prefix + name)
+            return None if t is None else t.detach().to(device=device, dtype=dtype)
+
+        self.input_norm = get("input_layernorm.weight")
+        self.post_norm = get("post_attention_layernorm.weight")
+        self.qkv = torch.cat([get(f"self_attn.{p}_proj.weight") for p in "qkv"], 0).contiguous()
+        biases = [get(f"self_attn.{p}_proj.bias") for p in "qkv"]
+        self.qkv_bias = torch.cat(biases, 0).contiguous() if biases[0] is not None else None
+        self.o = get("self_attn.o_proj.weight").contiguous()
+        self.o_bias = get("self_attn.o_proj.bias")
+        self.gate_up = torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")], 0).contiguous()
+        self.down = get("mlp.down_proj.weight").contiguous()
+        if get("mlp.gate_proj.bias") is not None:
+            raise ValueError(f"{prefix}mlp has biases (mlp_bias=True), which the sampler does not support")
+
+
+class Transformer:
+    """The forward pass over a flat batch of tokens (no padding); attention goes through `backend`."""
+
+    def __init__(self, hf_model: Any, dtype: torch.dtype, device: torch.device, max_len: int):
+        self.args = args = ModelArgs.from_hf_config(hf_model.config, type(hf_model).__name__)
+        self.dtype, self.device = dtype, device
+        sd = dict(hf_model.state_dict())
+        if not any(k.startswith("model.layers.") for k in sd):
+            raise ValueError("HF model state dict has no model.layers.* weights; is it a *ForCausalLM model?")
+        self.embed = sd["model.embed_tokens.weight"].detach().to(device=device, dtype=dtype)
+        self.layers = [LayerWeights(sd, f"model.layers.{i}.", dtype, device) for i in range(args.num_layers)]
+        self.final_norm = sd["model.norm.weight"].detach().to(device=device, dtype=dtype)
+        head = sd.get("lm_head.weight")
+        if head is None or args.tie_word_embeddings:
+            self.lm_head = self.embed
+        else:
+            self.lm_head = head.detach().to(device=device, dtype=dtype)
+        self.cos, self.sin = rope_tables(args, max_len, device)
+        self.q_size = args.num_heads * args.head_dim
+        self.kv_size = args.num_kv_heads * args.head_dim
+        self.scale = args.head_dim ** -0.5
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                meta: Any, backend: Any) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden]. New K/V go to the cache."""
+        a = self.args
+        x = self.embed[input_ids]
+        cos = self.cos[positions].unsqueeze(1).to(self.dtype)
+        sin = self.sin[positions].unsqueeze(1).to(self.dtype)
+        T = input_ids.shape[0]
+        for i, w in enumerate(self.layers):
+            h = rms_norm(x, w.input_norm, a.rms_norm_eps)
+            qkv = F.linear(h, w.qkv, w.qkv_bias)
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = apply_rope(q.view(T, a.num_heads, a.head_dim), cos, sin)
+            k = apply_rope(k.view(T, a.num_kv_heads, a.head_dim), cos, sin)
+            v = v.view(T, a.num_kv_heads, a.head_dim)
+            o = backend.attend(q, k, v, kv_cache[i], meta, self.scale)
+            x = x + F.linear(o.view(T, self.q_size), w.o, w.o_bias)
+            h = rms_norm(x, w.post_norm, a.rms_norm_eps)
+            gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w.down)
+        return rms_norm(x, self.final_norm, a.rms_norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits in fp32 for the given rows of final hidden states."""
+        return F.linear(hidden, self.lm_head).float()

@@ -1,0 +1,107 @@
+"""Token selection: greedy, or temperature + top-p with counter-based randomness.
+
+The random number behind the token drawn for sample j of prompt i at generation step s is
+`counter_uniform(seed, i, j, s)`: a pure function of those four integers (splitmix64 rounds),
+never a stateful generator. A request therefore draws the same numbers whether it runs alone
+or among hundreds of others, before or after a preemption, on any rank of a data-parallel run.
+
+Selection is inverse-CDF sampling in token-id order: the nucleus is every token whose
+probability is at least that of the last token of the smallest top-probability set reaching
+top_p (ties at that threshold are all kept); their probabilities are accumulated in token-id
+order and the first token whose cumulative mass exceeds u * nucleus_mass is taken. Working in
+id order (not sorted order) keeps the draw stable under tiny floating-point changes of the
+logits: a token can only change when u falls within rounding error of a CDF boundary.
+Each row is processed on its own, so no row depends on the others in the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+# the nucleus threshold is looked for among the top _TOPK first; rows needing more sort fully
+_TOPK = 256
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def counter_uniform(seed: int, prompt_index: int, sample_index: int, step: int) -> float:
+    """A uniform number in [0, 1) determined by its four arguments only (53 random bits)."""
+    h = _splitmix64(seed & _MASK64)
+    for v in (prompt_index, sample_index, step):
+        h = _splitmix64(h ^ (v & _MASK64))
+    return (h >> 11) * (1.0 / (1 << 53))
+
+
+def _threshold(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """[R, 1] probability of the last nucleus token, from probabilities sorted descending."""
+    before = sorted_probs.cumsum(-1) - sorted_probs  # mass ranked above each token
+    kept = (before < top_p).sum(-1, keepdim=True)  # >= 1: the top token is always kept
+    return sorted_probs.gather(-1, kept - 1)
+
+
+def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """[R, 1] smallest probability a token needs to be in the top-p nucleus of its row."""
+    vocab = probs.shape[-1]
+    if vocab <= _TOPK:
+        return _threshold(torch.sort(probs, dim=-1, descending=True).values, top_p)
+    # most nuclei are small: a top-k is much cheaper than sorting the whole vocabulary
+    vals = probs.topk(_TOPK, dim=-1, sorted=True).values
+    thresh = _threshold(vals, top_p)
+    # rows whose nucleus may extend past the top-k (mass above the k-th value < top_p)
+    spill = ((vals.sum(-1) - vals[:, -1]) < top_p).nonzero().squeeze(-1)
+    if spill.numel():
+        thresh[spill] = _threshold(torch.sort(probs[spill], dim=-1, descending=True).values, top_p)
+    return thresh
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor
+) -> torch.Tensor:
+    """Token ids [R] for fp32 logits [R, V] and uniforms [R]; greedy (first max) at temperature 0."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    scaled = logits / temperature
+    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    rest = torch.arange(logits.shape[0], device=logits.device)
+    if top_p < 1.0 and logits.shape[-1] > _TOPK:
+        # fast path: most nuclei lie inside the top-k, so only k probabilities are needed
+        vals, ids = scaled.topk(_TOPK, dim=-1, sorted=True)
+        probs = (vals - torch.logsumexp(scaled, -1, keepdim=True)).exp()
+        thresh = _threshold(probs, top_p)
+        inside = probs[:, -1:] < thresh  # every token outside the top-k is below the threshold
+        rows = inside.squeeze(-1).nonzero().squeeze(-1)
+        if rows.numel():
+            ids_by_id, order = ids[rows].sort(dim=-1)  # the same id order as the full-vocab path
+            kept = probs[rows] * (probs[rows] >= thresh[rows])
+            pos = _draw(kept.gather(-1, order), uniforms[rows])
+            out[rows] = ids_by_id.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
+        rest = (~inside).squeeze(-1).nonzero().squeeze(-1)
+    if rest.numel():
+        probs = torch.softmax(scaled[rest], dim=-1)
+        if top_p < 1.0:
+            probs = probs * (probs >= nucleus_threshold(probs, top_p))
+        out[rest] = _draw(probs, uniforms[rest])
+    return out
+
+
+def _draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF positions [R] for unnormalised probabilities [R, K] in token-id order."""
+    cdf = probs.cumsum(-1)
+    target = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]
+    # right=True skips zero-probability tokens (flat stretches of the CDF)
+    pick = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    # u * mass can round up to the full mass: fall back to the row's last token with mass
+    pos = torch.arange(cdf.shape[-1], device=cdf.device)
+    last = torch.where(probs > 0, pos, 0).amax(-1)
+    return torch.minimum(pick, last)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The model's own log-probabilities (temperature 1, no top-p) of the chosen tokens."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

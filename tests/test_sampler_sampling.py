@@ -1,0 +1,93 @@
+"""Token selection: top-p nucleus, empirical frequencies (chi-square), counter-based draws."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selftrain.sampler.sampling import counter_uniform, sample_tokens
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Reference nucleus: smallest top-probability set whose mass reaches top_p."""
+    order = torch.argsort(probs, descending=True)
+    mass = torch.cumsum(probs[order], 0)
+    size = int((mass - probs[order] < top_p).sum())
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    keep[order[:size]] = True
+    return keep
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_p: float, draws: int, seed: int) -> torch.Tensor:
+    u = torch.tensor([counter_uniform(seed, 0, j % 97, j // 97) for j in range(draws)], dtype=torch.float64)
+    return sample_tokens(logits.expand(draws, -1), temperature, top_p, u)
+
+
+@pytest.mark.parametrize("vocab,temperature,top_p", [(30, 0.8, 0.7), (1000, 1.0, 0.5), (1000, 3.0, 0.98)])
+def test_top_p_frequencies_match_renormalised_nucleus(vocab, temperature, top_p):
+    from scipy.stats import chisquare
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(vocab, generator=g) * 1.5
+    probs = torch.softmax(logits / temperature, -1)
+    keep = _nucleus(probs, top_p)
+    assert keep.sum() >= 5  # a nucleus worth testing
+    draws = 20000
+    tokens = _draw(logits[None], temperature, top_p, draws, seed=vocab)
+    counts = torch.bincount(tokens, minlength=vocab)
+    assert counts[~keep].sum() == 0, "a token outside the nucleus was drawn"
+    expected = probs[keep].double() / probs[keep].double().sum() * draws
+    observed = counts[keep].double()
+    if expected.numel() > 50:  # pool rare tokens so every cell expects >= 5
+        order = torch.argsort(expected)
+        expected, observed = expected[order], observed[order]
+        cut = int((torch.cumsum(expected, 0) < 50).sum())
+        expected = torch.cat([expected[:cut].sum(0, keepdim=True), expected[cut:]])
+        observed = torch.cat([observed[:cut].sum(0, keepdim=True), observed[cut:]])
+    expected = expected * observed.sum() / expected.sum()
+    stat = chisquare(observed.numpy(), expected.numpy())
+    assert stat.pvalue > 1e-3, stat
+
+
+def test_greedy_takes_first_maximum():
+    logits = torch.tensor([[0.0, 2.0, 2.0, 1.0], [5.0, -1.0, 5.0, 0.0]])
+    assert sample_tokens(logits, 0.0, 1.0, torch.zeros(2)).tolist() == [1, 0]
+
+
+def test_top_p_tiny_keeps_only_the_top_token():
+    logits = torch.randn(64, 500)
+    u = torch.rand(64, dtype=torch.float64)
+    assert torch.equal(sample_tokens(logits, 1.0, 1e-6, u), logits.argmax(-1))
+
+
+def test_rows_are_independent_of_the_batch():
+    logits = torch.randn(40, 3000) * 0.01  # nearly flat: the hardest case for stability
+    u = torch.tensor([counter_uniform(1, i, 0, 0) for i in range(40)], dtype=torch.float64)
+    together = sample_tokens(logits, 1.0, 0.9, u)
+    alone = torch.cat([sample_tokens(logits[i : i + 1], 1.0, 0.9, u[i : i + 1]) for i in range(40)])
+    assert torch.equal(together, alone)
+
+
+def test_counter_uniform_is_a_pure_function():
+    a = counter_uniform(0, 3, 1, 7)
+    assert a == counter_uniform(0, 3, 1, 7)
+    assert 0.0 <= a < 1.0
+    others = {counter_uniform(s, i, j, t) for s in (0, 1) for i in range(4) for j in range(4)
+              for t in range(4)}
+    assert len(others) == 128  # every counter tuple gets its own number
+    mean = sum(counter_uniform(9, 0, 0, t) for t in range(20000)) / 20000
+    assert abs(mean - 0.5) < 0.01
+
+
+def test_top_k_fast_path_agrees_with_full_vocabulary_reference():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(300, 5000, generator=g) * 4.0  # peaked rows: nuclei inside the top 256
+    u = torch.tensor([counter_uniform(2, i, 0, 0) for i in range(300)], dtype=torch.float64)
+    got = sample_tokens(logits, 0.8, 0.9, u)
+    probs = torch.softmax(logits / 0.8, -1)
+    want = []
+    for row, ur in zip(probs, u):
+        kept = row * _nucleus(row, 0.9)
+        cdf = kept.double().cumsum(0)
+        want.append(int(torch.searchsorted(cdf, ur * cdf[-1], right=True)))
+    assert (got != torch.tensor(want)).sum() <= 1
