@@ -23,6 +23,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes the file private; artifacts are meant to be read
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
@@ -112,7 +113,7 @@ class RunLogger:
             row["step"] = step
         append_jsonl(self.jsonl, row)
         if self._wandb is not None:
-            flat = {k: v for k, v in _jsonable(metrics).items() if isinstance(v, (int, float)) and v is not None}
+            flat = {k: v for k, v in _jsonable(metrics).items() if isinstance(v, (int, float))}
             self._wandb.log(flat, step=step)
 
     def log_image(self, key: str, png_path: str | os.PathLike, step: int | None = None) -> None:

@@ -1,0 +1,183 @@
+"""Turning verifier scores into paper B's numbers: gap tables, cross-verification matrices, plots.
+
+Pure functions over plain data (rewards and scores grouped per question) built on
+`selftrain.metrics`; the recipe `recipes/gv_gap.py` feeds them and writes what they return.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from selftrain.metrics import generation_verification_gap, pearson, score_histogram
+
+from .filters import FilterSpec, keep_masks
+
+
+def gap_results(
+    rewards: Sequence[Sequence[float]],
+    scores_by_method: dict[str, Sequence[Sequence[float]]],
+    specs: Sequence[FilterSpec],
+) -> dict[str, dict[str, Any]]:
+    """Per filter (keyed by its spec text): gap, relative gap, filtered accuracy, kept fraction, edges."""
+    out = {}
+    for spec in specs:
+        masks = keep_masks(spec, scores_by_method)
+        result = generation_verification_gap(rewards, masks)
+        result["label"] = spec.label()
+        out[spec.text] = result
+    return out
+
+
+def accuracy(rewards: Sequence[Sequence[float]]) -> float:
+    """Mean over questions of the share of correct generations (J(f))."""
+    return sum(sum(row) / len(row) for row in rewards) / len(rewards)
+
+
+def _pct(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{100 * value:.2f}"
+
+
+def markdown_gap_tables(rows: Sequence[dict[str, Any]], specs: Sequence[FilterSpec]) -> str:
+    """Paper B's tables 3 and 4: one row per (generator, verifier), one column per filter (in %).
+
+    rows: dicts with generator, verifier, accuracy and results (gap_results output).
+    """
+    head = "| Generator | Verifier | Accuracy | " + " | ".join(s.label() for s in specs) + " |"
+    rule = "|---|---|---:|" + "---:|" * len(specs)
+    parts = []
+    for title, key in (("Gap (%)", "gap"), ("Relative gap (%)", "relative_gap"),
+                       ("Accuracy of the kept generations (%)", "filtered_accuracy"),
+                       ("Kept fraction (%)", "kept_fraction")):
+        lines = [f"### {title}", "", head, rule]
+        for row in rows:
+            cells = [_pct(row["results"][s.text][key]) for s in specs]
+            lines.append(f"| {row['generator']} | {row['verifier']} | {_pct(row['accuracy'])} | "
+                         + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    edge = ["### Edge cases (questions with nothing kept / with every generation correct)", "",
+            "| Generator | Verifier | " + " | ".join(s.label() for s in specs) + " |",
+            "|---|---|" + "---:|" * len(specs)]
+    for row in rows:
+        res = row["results"]
+        cells = [f"{res[s.text]['n_empty']} / {res[s.text]['n_saturated']}" for s in specs]
+        edge.append(f"| {row['generator']} | {row['verifier']} | " + " | ".join(cells) + " |")
+    parts.append("\n".join(edge))
+    return "\n\n".join(parts) + "\n"
+
+
+def method_correlations(scores_by_method: dict[str, Sequence[Sequence[float]]]) -> dict[str, float | None]:
+    """Pearson correlation of û between every two methods, over all responses ("a~b" keys)."""
+    flat = {m: [s for row in rows for s in row] for m, rows in scores_by_method.items()}
+    names = sorted(flat)
+    return {f"{a}~{b}": pearson(flat[a], flat[b]) for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+def gap_correlations(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Pearson correlation of the per-question gaps between every two filters ("a~b" keys)."""
+    names = list(results)
+    return {
+        f"{a}~{b}": pearson(results[a]["per_question_gap"], results[b]["per_question_gap"])
+        for i, a in enumerate(names) for b in names[i + 1:]
+    }
+
+
+def cot_score_histogram(scores: Sequence[Sequence[float]], failed: Sequence[Sequence[bool]] | None = None
+                        ) -> dict[str, Any]:
+    """Counts of CoT-Score's scores 1..10 (unparsed ones left out) and the mode (paper B: 10)."""
+    flat = []
+    for q, row in enumerate(scores):
+        for i, s in enumerate(row):
+            flat.append(None if failed is not None and failed[q][i] else s)
+    hist = score_histogram(flat, bins=[k + 0.5 for k in range(11)])
+    mode = None
+    if hist["mode_bin"] is not None:
+        mode = int(round((hist["mode_bin"][0] + hist["mode_bin"][1]) / 2))
+    return {"scores": list(range(1, 11)), "counts": hist["counts"], "n": hist["n"],
+            "n_unparsed": hist["n_missing"], "mode": mode}
+
+
+def cross_matrix(rows: Sequence[dict[str, Any]], spec_text: str, key: str = "gap"
+                 ) -> tuple[list[str], list[str], list[list[float | None]]]:
+    """(generators, verifiers, matrix[g][v]) of one filter's `key` over all (generator, verifier) rows."""
+    generators = list(dict.fromkeys(r["generator"] for r in rows))
+    verifiers = list(dict.fromkeys(r["verifier"] for r in rows))
+    matrix: list[list[float | None]] = [[None] * len(verifiers) for _ in generators]
+    for r in rows:
+        value = r["results"][spec_text][key]
+        matrix[generators.index(r["generator"])][verifiers.index(r["verifier"])] = value
+    return generators, verifiers, matrix
+
+
+def markdown_matrix(title: str, generators: Sequence[str], verifiers: Sequence[str],
+                    matrix: Sequence[Sequence[float | None]]) -> str:
+    lines = [f"### {title}", "", "| Generator \\ Verifier | " + " | ".join(verifiers) + " |",
+             "|---|" + "---:|" * len(verifiers)]
+    for g, row in zip(generators, matrix):
+        lines.append(f"| {g} | " + " | ".join(_pct(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_heatmap(path: str | Path, title: str, generators: Sequence[str], verifiers: Sequence[str],
+                 matrix: Sequence[Sequence[float | None]]) -> Path:
+    """Paper B's Fig. 3: gap (%) per generator (rows) and verifier (columns), annotated."""
+    import numpy as np
+
+    plt = _pyplot()
+    values = np.array([[np.nan if v is None else 100 * v for v in row] for row in matrix], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(verifiers), 1.2 + 0.8 * len(generators)))
+    limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    image = ax.imshow(values, cmap="RdBu", vmin=-max(limit, 1e-9), vmax=max(limit, 1e-9))
+    ax.set_xticks(range(len(verifiers)), labels=list(verifiers), rotation=30, ha="right")
+    ax.set_yticks(range(len(generators)), labels=list(generators))
+    ax.set_xlabel("verifier")
+    ax.set_ylabel("generator")
+    for i in range(len(generators)):
+        for j in range(len(verifiers)):
+            text = "n/a" if np.isnan(values[i, j]) else f"{values[i, j]:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="gap (%)")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_vs_flops(path: str | Path, series: dict[str, list[tuple[float, float | None]]], ylabel: str) -> Path:
+    """Paper B's Fig. 1: a metric (%) against log10 of pre-training FLOPs, one line per filter."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, points in series.items():
+        pts = sorted((math.log10(f), 100 * v) for f, v in points if v is not None and f > 0)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xlabel("log10 pre-training FLOPs")
+    ax.set_ylabel(ylabel)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig: Any, plt: Any, path: str | Path) -> Path:
+    """Save through a temp name and a rename so a killed run never leaves half a PNG."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
