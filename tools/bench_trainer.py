@@ -1,0 +1,313 @@
+"""Trainer benchmark: SFT and DPO steps on the embedded SmolLM2-135M on CPU, selftrain vs TRL.
+
+    .venv/bin/python tools/bench_trainer.py [--steps 3] [--trl-python PATH] [--only selftrain-sft,...]
+
+Every variant runs in its own fresh subprocess, which reports its own peak resident memory
+(VmHWM: model load, reference pass and training included) and the mean wall time of the timed
+steps (the first step is a warm-up and is not timed). The batch is 4 sequences (SFT) or 4 pairs
+(DPO) of GSM8K-style chat prompts with responses of 100-200 tokens, max length 512.
+
+Tokens are counted the same way for both trainers, from the same token ids: every sequence's
+prompt + response + EOS, i.e. for DPO the prompt counts once with the chosen and once with the
+rejected answer (the tokens actually run through the model). tokens/s = tokens per step / step time.
+
+TRL runs when `trl` imports in --trl-python (default: this interpreter, else /work/benchvenv/bin/python
+when it exists); both sides use fp32 on CPU; TRL with gradient checkpointing on, as in its
+measured reference. TRL's DPOTrainer keeps a second (reference) model in memory and scores the
+reference every step; selftrain scores the reference once, caches it and frees the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = "smollm2-135m"
+BATCH = 4
+MAX_LENGTH = 512
+RESPONSE_TOKENS = (100, 133, 166, 200)
+# Measured on this machine with TRL 1.16 (issue 5 / MACHINE_NOTES.md); printed when TRL cannot run here.
+TRL_REFERENCE = {
+    "trl-sft": {"tokens_per_s": 118.0, "peak_gib": 4.1},
+    "trl-dpo": {"tokens_per_s": 86.0, "peak_gib": 6.2},
+}
+WORDS = (
+    "so the total is the sum of each part and we add them step by step to check the result again "
+    "because every number must be counted once"
+).split()
+
+
+def _questions() -> list[str]:
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
+    if path.is_file():
+        with open(path) as fh:
+            return [json.loads(next(fh))["question"] for _ in range(BATCH)]
+    return [
+        f"A shop sells {i + 3} boxes of {i + 7} pens each. How many pens does it sell?" for i in range(BATCH)
+    ]
+
+
+def _text_of_tokens(tok, n: int, offset: int) -> str:
+    """Plain text that tokenizes to exactly n - 1 tokens (the trainers append EOS)."""
+    words = [WORDS[(offset + i) % len(WORDS)] for i in range(n * 2)]
+    lo, hi = 1, len(words)
+    while lo < hi:  # the longest word prefix with at most n - 1 tokens
+        mid = (lo + hi + 1) // 2
+        if len(tok(" ".join(words[:mid]), add_special_tokens=False)["input_ids"]) <= n - 1:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo])
+
+
+def make_data(tok) -> tuple[list[dict], list[dict]]:
+    """SFT records and DPO pairs with prompts rendered through the chat template."""
+    sft, pairs = [], []
+    for i, q in enumerate(_questions()):
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+        )
+        n = RESPONSE_TOKENS[i % len(RESPONSE_TOKENS)]
+        sft.append({"prompt": prompt, "response": _text_of_tokens(tok, n, i)})
+        pairs.append(
+            {
+                "prompt": prompt,
+                "chosen": _text_of_tokens(tok, n, i),
+                "rejected": _text_of_tokens(tok, RESPONSE_TOKENS[-1 - i % 4], i + 5),
+            }
+        )
+    return sft, pairs
+
+
+def count_tokens(tok, records: list[dict], kind: str) -> int:
+    total = 0
+    for r in records:
+        p = len(tok(r["prompt"], add_special_tokens=False)["input_ids"])
+        for key in ("response",) if kind == "sft" else ("chosen", "rejected"):
+            total += p + len(tok(r[key], add_special_tokens=False)["input_ids"]) + 1
+    return total
+
+
+def _peak_rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# ------------------------------------------------------------------------------------ workers
+
+
+def worker_selftrain(kind: str, records: list[dict], steps: int, model_path: str, extra: dict) -> dict:
+    from selftrain.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        lr=1e-6,
+        epochs=steps + 1,
+        global_batch_size=BATCH,
+        max_length=MAX_LENGTH,
+        warmup_ratio=0.0,
+        wandb_mode="disabled",
+        beta=0.1,
+        **extra,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        train(cfg, model_path, records, tmp, loss="sft" if kind == "sft" else "dpo")
+        wall = time.perf_counter() - t0
+        rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    times = [r["step_time_s"] for r in rows[1:]]
+    return {"step_s": sum(times) / len(times), "wall_s": wall, "ref_s": rows[0].get("ref/time_s")}
+
+
+def worker_trl(kind: str, records: list[dict], steps: int, model_path: str, extra: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    common = dict(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1,
+        max_steps=steps + 1,
+        learning_rate=1e-6,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=True,
+        max_length=MAX_LENGTH,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    t0 = time.perf_counter()
+    if kind == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["response"]} for r in records])
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(**common, completion_only_loss=True),
+            train_dataset=data,
+            processing_class=tok,
+            callbacks=[Clock()],
+        )
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        data = Dataset.from_list(records)
+        trainer = DPOTrainer(
+            model=model,
+            args=DPOConfig(**common, beta=0.1),
+            train_dataset=data,
+            processing_class=tok,
+            callbacks=[Clock()],
+        )
+    trainer.train()
+    wall = time.perf_counter() - t0
+    times = [b - a for a, b in zip(stamps[0::2], stamps[1::2])][1:]
+    return {"step_s": sum(times) / len(times), "wall_s": wall}
+
+
+def run_worker(spec: dict) -> None:
+    kind = spec["variant"].split("-")[1]
+    fn = worker_trl if spec["variant"].startswith("trl") else worker_selftrain
+    torch_threads = spec.get("threads")
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    result = fn(kind, spec["records"], spec["steps"], spec["model_path"], spec.get("extra", {}))
+    result["peak_gib"] = _peak_rss_gib()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+def _trl_python(arg: str | None) -> str | None:
+    candidates = [arg] if arg else [sys.executable, "/work/benchvenv/bin/python"]
+    for py in candidates:
+        if py and Path(py).exists():
+            ok = subprocess.run([py, "-c", "import trl"], capture_output=True).returncode == 0
+            if ok:
+                return py
+    return None
+
+
+def _launch(python: str, spec: dict, timeout: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(spec, fh)
+    try:
+        env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.run(
+            [python, __file__, "--worker", fh.name], capture_output=True, text=True, timeout=timeout, env=env
+        )
+    finally:
+        os.unlink(fh.name)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{spec['variant']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (plus one warm-up step)")
+    ap.add_argument("--trl-python", default=None, help="python with trl installed (default: auto)")
+    ap.add_argument(
+        "--only", default="", help="comma list of variants: selftrain-sft,selftrain-dpo,trl-sft,trl-dpo"
+    )
+    ap.add_argument("--sft-micro", type=int, default=1, help="selftrain SFT micro-batch size (sequences)")
+    ap.add_argument("--dpo-micro", type=int, default=1, help="selftrain DPO micro-batch size (pairs)")
+    ap.add_argument("--ac", action="store_true", help="selftrain with activation checkpointing")
+    ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        run_worker(json.loads(Path(args.worker).read_text()))
+        return
+
+    from selftrain.models import load_tokenizer, resolve_model_path
+
+    model_path = resolve_model_path(MODEL)
+    tok = load_tokenizer(model_path)
+    sft, pairs = make_data(tok)
+    tokens = {"sft": count_tokens(tok, sft, "sft"), "dpo": count_tokens(tok, pairs, "dpo")}
+    trl_py = _trl_python(args.trl_python)
+    variants = args.only.split(",") if args.only else ["selftrain-sft", "trl-sft", "selftrain-dpo", "trl-dpo"]
+    micro = {"sft": args.sft_micro, "dpo": args.dpo_micro}
+    print(
+        f"model {MODEL}, batch {BATCH}, responses {RESPONSE_TOKENS} tokens, max length {MAX_LENGTH}, "
+        f"fp32 CPU, {os.cpu_count()} cores; tokens per step: SFT {tokens['sft']}, DPO {tokens['dpo']} "
+        "(prompt + response + EOS of every sequence; DPO counts the prompt with each answer)"
+    )
+    print(
+        f"selftrain: micro-batches SFT {args.sft_micro} sequences / DPO {args.dpo_micro} pairs (gradient "
+        f"accumulation up to batch {BATCH}), activation_checkpointing={args.ac}; "
+        f"TRL: {'python ' + trl_py if trl_py else 'not importable here'} (gradient checkpointing on)"
+    )
+    results: dict[str, dict] = {}
+    for v in variants:
+        kind = v.split("-")[1]
+        spec = {
+            "variant": v,
+            "records": sft if kind == "sft" else pairs,
+            "steps": args.steps,
+            "model_path": model_path,
+            "extra": {"micro_batch_size": micro[kind], "activation_checkpointing": args.ac}
+            if v.startswith("selftrain")
+            else {},
+        }
+        if v.startswith("trl") and not trl_py:
+            ref = TRL_REFERENCE[v]
+            results[v] = {**ref, "note": "reference, not measured in this run"}
+            print(
+                f"{v:14s} {ref['tokens_per_s']:8.1f} tokens/s  peak {ref['peak_gib']:.2f} GiB  "
+                "(reference, not measured in this run: TRL 1.16 on this machine, issue 5)",
+                flush=True,
+            )
+            continue
+        r = _launch(trl_py if v.startswith("trl") else sys.executable, spec, args.timeout)
+        r["tokens_per_s"] = tokens[kind] / r["step_s"]
+        results[v] = r
+        ref = f", one-off reference pass {r['ref_s']:.1f} s" if r.get("ref_s") else ""
+        print(
+            f"{v:14s} {r['tokens_per_s']:8.1f} tokens/s  peak {r['peak_gib']:.2f} GiB  "
+            f"({r['step_s']:.2f} s/step, {r['wall_s']:.0f} s in all{ref})",
+            flush=True,
+        )
+    for kind, speed_goal, mem_goal in (("sft", 1.2, 0.6), ("dpo", 1.5, 0.6)):
+        a, b = results.get(f"selftrain-{kind}"), results.get(f"trl-{kind}")
+        if a and b:
+            tag = " (vs reference numbers)" if "note" in b else ""
+            print(
+                f"{kind.upper()}: selftrain / TRL = {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s "
+                f"(target >= {speed_goal}x), {a['peak_gib'] / b['peak_gib']:.2f}x peak memory "
+                f"(target <= {mem_goal}x){tag}"
+            )
+
+
+if __name__ == "__main__":
+    main()
