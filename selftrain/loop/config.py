@@ -1,0 +1,208 @@
+"""The loop's settings: one dataclass with nested sections, read by `selftrain.config.parse_cli`.
+
+Top-level keys are the ones people change most (`model=`, `task=`, `iterations=`, `n_samples=`,
+`out_dir=`); the rest sits in sections (`data.train_size=`, `eval.n_samples=`, `sft.lr=`...).
+Every size that decides the run time is a key here, so a config file can scale a run from a
+2-core CPU smoke test to paper A's 7B settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..train.config import TrainConfig
+
+
+@dataclass
+class DataSection:
+    """Which questions the loop trains and evaluates on."""
+
+    task_options: dict[str, Any] = field(default_factory=dict)  # get_task(task, **task_options)
+    path: str | None = None  # data file / folder / hub id for file-backed tasks (None for arith)
+    train_split: str = "train"
+    test_split: str = "test"
+    train_size: int | None = None  # first N training questions (None = all)
+    test_size: int | None = None  # first N test questions (None = all)
+    shots: int = 0  # worked examples in every prompt (paper A: zero-shot)
+
+
+@dataclass
+class OODSection:
+    """The out-of-distribution evaluation: arith `ood` for arith, MATH algebra 1-5 for GSM8K."""
+
+    task: str | None = None  # None = the training task
+    task_options: dict[str, Any] = field(default_factory=dict)
+    split: str = "ood"
+    path: str | None = None
+    size: int | None = None
+    low_level: int = 1  # group disparity = (acc(low) - acc(high)) / acc(low)
+    high_level: int = 5
+    enabled: bool = True
+
+
+@dataclass
+class SamplingSection:
+    """On-policy sampling of the training questions (paper A: temperature 0.75, top-p 0.95)."""
+
+    temperature: float = 0.75
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+
+
+@dataclass
+class EvalSection:
+    """Evaluation of every model M0..MT on the test split."""
+
+    n_samples: int = 50  # samples per test question: coverage, pass@k, diversity
+    temperature: float = 0.75
+    top_p: float = 0.95
+    max_new_tokens: int = 512  # greedy and sampled answers alike
+    # N for M1's pass@N on IS(t). M1 is sampled once with max(is_ns) samples per test question and
+    # pass@N on any IS(t) is the unbiased estimate from those samples.
+    is_ns: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32, 64])
+    semantic: bool = True  # Sentence-BERT diversity (all-MiniLM-L6-v2)
+    equations: bool = True  # distinct equations
+
+
+@dataclass
+class SamplerSection:
+    """Settings of `selftrain.sampler.Sampler` (memory and batch shape, not results)."""
+
+    max_num_seqs: int = 64
+    kv_cache_tokens: int = 32768
+    dtype: str | None = None  # None = the sampler's default (float32 on CPU, bfloat16 on GPU)
+
+
+@dataclass
+class WandbSection:
+    mode: str = "offline"  # offline | online | disabled (WANDB_MODE in the environment wins)
+    project: str = "selftrain"
+
+
+@dataclass
+class LoopConfig:
+    """One iterative self-improvement run (paper A's Algorithm 1)."""
+
+    paradigm: str = "iter_sft_dpo"
+    name: str = ""  # run name; default: <paradigm>-<task>
+    out_dir: str = ""  # default: runs/<name>
+    model: str = "smollm2-135m"  # M0: a built-in name, an HF folder or a hub id
+    task: str = "arith"
+    iterations: int = 3  # T: M1 (gold SFT) then T - 1 self-improvement steps
+    n_samples: int = 50  # N samples per training question at every t >= 2
+    max_pairs_per_question: int | None = 8  # cap on DPO pairs per question (None = all)
+    seed: int = 0
+    data: DataSection = field(default_factory=DataSection)
+    ood: OODSection = field(default_factory=OODSection)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    sampler: SamplerSection = field(default_factory=SamplerSection)
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, epochs=3, global_batch_size=128))
+    dpo: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=2e-7, epochs=1, global_batch_size=32, beta=0.3)
+    )
+    wandb: WandbSection = field(default_factory=WandbSection)
+    # Modules imported before anything else: they register tasks, step kinds or paradigms
+    # (docs/extending.md). Dotted module names importable from the working directory / sys.path.
+    plugins: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from .paradigms import paradigm_names
+
+        import_plugins(self.plugins)
+
+        if self.paradigm not in paradigm_names():
+            raise ValueError(
+                f"paradigm={self.paradigm!r}: unknown; registered: {', '.join(paradigm_names())}"
+            )
+        check_positive(self, "iterations", "n_samples")
+        if self.max_pairs_per_question is not None and self.max_pairs_per_question < 1:
+            raise ValueError(
+                f"max_pairs_per_question={self.max_pairs_per_question}: must be >= 1 (or null for all)"
+            )
+        check_eval(self.eval)
+        check_sampling(
+            self.sampling.temperature, self.sampling.top_p, self.sampling.max_new_tokens, "sampling"
+        )
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.paradigm}-{self.task}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or Path("runs") / self.run_name)
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import each plugin module once (importing runs its register_* calls)."""
+    import importlib
+    import sys
+
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.append("")  # `plugins=[my_paradigm]` finds my_paradigm.py in the working directory
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"plugins: cannot import {name!r} ({e})") from e
+
+
+def check_positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: must be an integer >= 1")
+
+
+def check_sampling(temperature: float, top_p: float, max_new_tokens: int, where: str) -> None:
+    if temperature < 0:
+        raise ValueError(f"{where}.temperature={temperature}: must be >= 0")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"{where}.top_p={top_p}: must be in (0, 1]")
+    if max_new_tokens < 1:
+        raise ValueError(f"{where}.max_new_tokens={max_new_tokens}: must be >= 1")
+
+
+def check_eval(section: EvalSection) -> None:
+    check_positive(section, "n_samples")
+    check_sampling(section.temperature, section.top_p, section.max_new_tokens, "eval")
+    if section.temperature == 0:
+        raise ValueError("eval.temperature=0: the N-sample metrics need sampling (paper A: 0.75)")
+    bad = [n for n in section.is_ns if n < 1]
+    if bad:
+        raise ValueError(f"eval.is_ns={section.is_ns}: every N must be >= 1")
+
+
+# Keys that may differ between the first launch of a run and a resumed one: they do not change any
+# artifact that already exists (more iterations extend the run; logging and batching are cosmetic).
+RESUMABLE_CHANGES = ("iterations", "out_dir", "wandb", "sampler")
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (ignoring RESUMABLE_CHANGES)."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        dotted = f"{prefix}{key}"
+        if not prefix and key in RESUMABLE_CHANGES:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            if prefix == "" and key in ("sft", "dpo"):
+                # Trainer settings that do not change the weights may differ (save_every, micro batch...).
+                a = _trajectory(a)
+                b = _trajectory(b)
+            diffs.extend(config_differences(a, b, f"{dotted}."))
+        elif a != b:
+            diffs.append(dotted)
+    return diffs
+
+
+def _trajectory(section: dict[str, Any]) -> dict[str, Any]:
+    keys = TrainConfig(
+        **{k: v for k, v in section.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    )
+    return keys.trajectory_key()

@@ -1,0 +1,532 @@
+"""The iterative loop (paper A, Algorithm 1) as a sequence of resumable stages.
+
+    iter_0/eval                         evaluate M0
+    iter_1/build -> train -> eval       M1 = SFT(M0) on the gold training answers
+    iter_t/sample -> build -> train -> eval   for t = 2..T, with the paradigm's step kind
+
+Every stage publishes its folder atomically with a done-marker (`stages.run_stage`); every later
+stage reads its inputs back from those folders, so a fresh and a resumed run take the same path and
+reach the same numbers. Seeds come from (seed, t, stage). Rank 0 writes all files; sampling,
+grading and training are collective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .. import dist
+from ..config import to_dict
+from ..report.logger import RunLogger, write_json_atomic, write_text_atomic
+from .artifacts import JsonlTrainLogger, derive_seed, read_json, read_jsonl, say, write_jsonl_atomic
+from .config import DataSection, LoopConfig, OODSection, config_differences
+from .evaluation import EvalData, evaluate_model, grade, improvement_metrics
+from .paradigms import GOLD_SFT, schedule, step_kind
+from .stages import run_stage, stage_done
+from .steps import BuildOptions, SampledQuestion, get_step_kind, gold_sft_set, is_correct
+
+EVAL_STAGE_SEED = 0  # every model is evaluated with the same seeds: differences come from the models
+
+
+class ConfigMismatchError(RuntimeError):
+    """The run folder holds a run made with other settings."""
+
+
+def load_task(name: str, options: dict[str, Any]) -> Any:
+    from .. import tasks  # looked up at call time so tests can register tasks
+
+    return tasks.get_task(name, **options)
+
+
+def _stop_for(task: Any, tokenizer: Any) -> list[str] | None:
+    # With a chat template the answer ends at EOS; a plain-text prompt needs the task's stop strings.
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    return list(getattr(task, "stop", ()) or ()) or None
+
+
+class SamplerCache:
+    """Holds one sampler (the model being sampled now); building another frees the previous."""
+
+    def __init__(self, tokenizer: Any, settings: Any) -> None:
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.model: str | None = None
+        self.sampler: Any = None
+
+    def get(self, model: str) -> Any:
+        if self.model != model:
+            self.release()
+            from ..sampler import Sampler
+
+            kwargs: dict[str, Any] = {
+                "max_num_seqs": self.settings.max_num_seqs,
+                "kv_cache_tokens": self.settings.kv_cache_tokens,
+            }
+            if self.settings.dtype:
+                kwargs["dtype"] = self.settings.dtype
+            self.sampler = Sampler(model, tokenizer=self.tokenizer, **kwargs)
+            self.model = model
+        return self.sampler
+
+    def release(self) -> None:
+        """Free the sampler's weights and KV cache (training needs the memory)."""
+        if self.sampler is not None:
+            self.sampler = None
+            self.model = None
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def check_or_write_config(root: Path, new: dict[str, Any]) -> None:
+    """Refuse to reuse a run folder made with settings that change its artifacts; else save `new`."""
+    error = None
+    if dist.is_main():
+        path = root / "config.json"
+        if path.is_file():
+            diffs = config_differences(read_json(path), new)
+            if diffs:
+                error = (
+                    f"{root} holds a run made with other settings ({', '.join(diffs)} differ from "
+                    f"{path}); use another out_dir= or remove that folder"
+                )
+        if error is None:
+            write_json_atomic(path, new)
+    error = dist.broadcast_object(error)
+    if error:
+        raise ConfigMismatchError(error)
+
+
+def load_eval_data(task_name: str, task: Any, data: DataSection, ood: OODSection, tokenizer: Any) -> EvalData:
+    """The test questions and (when configured) the OOD questions, with their prompts."""
+    examples = task.load(data.test_split, path=data.path, limit=data.test_size)
+    if not examples:
+        raise ValueError(f"task {task_name!r} split {data.test_split!r} has no questions")
+    out = EvalData(
+        task=task,
+        examples=examples,
+        prompts=[task.prompt(ex, tokenizer, shots=data.shots) for ex in examples],
+        stop=_stop_for(task, tokenizer),
+        ood_levels=(ood.low_level, ood.high_level),
+    )
+    if not ood.enabled:
+        return out
+    same_task = ood.task is None or ood.task == task_name
+    if same_task and not ood.task_options:
+        ood_task = task  # e.g. arith: its own `ood` split (levels 1-5)
+    else:
+        ood_task = load_task(ood.task or task_name, ood.task_options)
+    if ood.split not in getattr(ood_task, "splits", (ood.split,)):
+        say(f"OOD evaluation off: task {ood.task or task_name!r} has no split {ood.split!r}")
+        return out
+    out.ood_task = ood_task
+    path = ood.path if ood.path is not None or not same_task else data.path
+    out.ood_examples = ood_task.load(ood.split, path=path, limit=ood.size)
+    out.ood_prompts = [ood_task.prompt(ex, tokenizer, shots=data.shots) for ex in out.ood_examples]
+    out.ood_stop = _stop_for(ood_task, tokenizer)
+    return out
+
+
+class LoopEngine:
+    """Runs (or resumes) one experiment described by a LoopConfig."""
+
+    def __init__(self, cfg: LoopConfig, show_progress: bool = True) -> None:
+        self.cfg = cfg
+        self.root = cfg.run_dir
+        self.show_progress = show_progress
+        self._encoder: Any = None
+        self.logger: Any = None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        from ..models import load_tokenizer
+
+        dist.init_distributed()
+        cfg = self.cfg
+        schedule(cfg.paradigm, cfg.iterations)  # an unknown step kind fails now, not after M1 trained
+        self._check_or_write_config()
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.task = load_task(cfg.task, cfg.data.task_options)
+        self.train_examples = self.task.load(
+            cfg.data.train_split, path=cfg.data.path, limit=cfg.data.train_size
+        )
+        if not self.train_examples:
+            raise ValueError(f"task {cfg.task!r} split {cfg.data.train_split!r} has no questions")
+        self.train_prompts = [
+            self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots) for ex in self.train_examples
+        ]
+        self.train_stop = _stop_for(self.task, self.tokenizer)
+        self.eval_data = load_eval_data(cfg.task, self.task, cfg.data, cfg.ood, self.tokenizer)
+        self.samplers = SamplerCache(self.tokenizer, cfg.sampler)
+        self.logger = RunLogger(
+            self.root,
+            project=cfg.wandb.project,
+            name=cfg.run_name,
+            config=to_dict(cfg),
+            mode=cfg.wandb.mode,
+            resume_id=self._wandb_id(),
+        )
+        say(
+            f"run {cfg.run_name}: {cfg.paradigm}, T={cfg.iterations}, model {cfg.model}, task {cfg.task} "
+            f"({len(self.train_examples)} train / {len(self.eval_data.examples)} test / "
+            f"{len(self.eval_data.ood_examples)} OOD questions), {dist.world_size()} process(es) "
+            f"-> {self.root}"
+        )
+
+    def _check_or_write_config(self) -> None:
+        check_or_write_config(self.root, to_dict(self.cfg))
+
+    def _wandb_id(self) -> str | None:
+        """One W&B run per experiment: the id is stored beside the run and reused on resume."""
+        run_id = None
+        if dist.is_main():
+            path = self.root / "wandb_id.txt"
+            if path.is_file():
+                run_id = path.read_text().strip()
+            else:
+                run_id = uuid.uuid4().hex[:12]
+                write_text_atomic(path, run_id + "\n")
+        return dist.broadcast_object(run_id)
+
+    def encoder(self) -> Any:
+        if self._encoder is None and self.cfg.eval.semantic and dist.is_main():
+            from ..metrics import load_sentence_encoder
+
+            self._encoder = load_sentence_encoder()
+        return self._encoder
+
+    # ------------------------------------------------------------------ stages
+    def iter_dir(self, t: int) -> Path:
+        return self.root / f"iter_{t}"
+
+    def _stage(self, t: int, name: str, compute: Any, describe: Any) -> Path:
+        """Run one stage (or skip it when finished) and print its one-line summary."""
+        root = self.iter_dir(t)
+        done = stage_done(root, name)
+        start = time.perf_counter()
+        folder = run_stage(root, name, compute)
+        took = "done earlier, skipped" if done else f"{time.perf_counter() - start:.1f}s"
+        text = describe(folder) if dist.is_main() else ""
+        say(f"[iter {t}] {name}: {text} ({took})")
+        return folder
+
+    def _source_of(self, t: int) -> int:
+        """The iteration whose trained checkpoint M_t is (t itself, or earlier after empty D_t's)."""
+        if t == 0:
+            return 0
+        return int(read_json(self.iter_dir(t) / "train" / "result.json")["source"])
+
+    def _model_of(self, t: int) -> str:
+        """M_t: M0 is the config's model; later ones live in iter_<s>/trainer/model (kept relative to
+        the run folder in result.json, so a run folder can be moved between a kill and a resume)."""
+        source = self._source_of(t)
+        return self.cfg.model if source == 0 else str(self.iter_dir(source) / "trainer" / "model")
+
+    def sample_stage(self, t: int) -> Path:
+        """Sample N answers per training question from M_{t-1} and grade them."""
+        cfg = self.cfg
+
+        def compute(tmp: Path) -> None:
+            sampler = self.samplers.get(self._model_of(t - 1))
+            s = cfg.sampling
+            outs = sampler.generate(
+                self.train_prompts,
+                n=cfg.n_samples,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_new_tokens=s.max_new_tokens,
+                stop=self.train_stop,
+                seed=derive_seed(cfg.seed, t, "sample"),
+            )
+            texts = [[c.text for c in row] for row in outs]
+            rewards = grade(self.task, self.train_examples, texts)
+            if dist.is_main():
+                rows = [
+                    SampledQuestion(str(ex.id), p, tx, rw, [c.finish_reason for c in row]).to_dict()
+                    for ex, p, tx, rw, row in zip(
+                        self.train_examples, self.train_prompts, texts, rewards, outs
+                    )
+                ]
+                write_jsonl_atomic(tmp / "samples.jsonl", rows)
+                flat = [r for row in rewards for r in row]
+                write_json_atomic(
+                    tmp / "stats.json",
+                    {
+                        "questions": len(rows),
+                        "samples": len(flat),
+                        "correct_fraction": sum(map(is_correct, flat)) / max(1, len(flat)),
+                        "questions_with_correct": sum(any(map(is_correct, row)) for row in rewards),
+                        "questions_all_correct": sum(all(map(is_correct, row)) for row in rewards),
+                        "truncated_fraction": sum(c.finish_reason == "length" for row in outs for c in row)
+                        / max(1, len(flat)),
+                    },
+                )
+
+        def describe(folder: Path) -> str:
+            st = read_json(folder / "stats.json")
+            return (
+                f"{st['questions']} questions x {cfg.n_samples} samples, "
+                f"{st['correct_fraction']:.1%} correct, "
+                f"{st['questions_with_correct']} questions with a correct one"
+            )
+
+        return self._stage(t, "sample", compute, describe)
+
+    def build_stage(self, t: int, kind: str) -> Path:
+        """Build D_t: the gold set (t = 1) or the step kind's records from the graded samples."""
+        cfg = self.cfg
+
+        def compute(tmp: Path) -> None:
+            if not dist.is_main():
+                return
+            if kind == GOLD_SFT:
+                records = gold_sft_set(self.task, self.train_examples, self.train_prompts)
+                questions_used = len(records)
+            else:
+                rows = read_jsonl(self.iter_dir(t) / "sample" / "samples.jsonl")
+                questions = [
+                    SampledQuestion.from_dict(r, f"samples.jsonl row {i}") for i, r in enumerate(rows, 1)
+                ]
+                options = BuildOptions(
+                    seed=derive_seed(cfg.seed, t, "build"), max_pairs_per_question=cfg.max_pairs_per_question
+                )
+                records = get_step_kind(kind).build(questions, options)
+                used = {r["prompt"] for r in records}
+                questions_used = sum(q.prompt in used for q in questions)
+            write_jsonl_atomic(tmp / "train.jsonl", records)
+            write_json_atomic(
+                tmp / "stats.json",
+                {
+                    "kind": kind,
+                    "records": len(records),
+                    "questions_used": questions_used,
+                    "empty": not records,
+                },
+            )
+
+        def describe(folder: Path) -> str:
+            st = read_json(folder / "stats.json")
+            if st["empty"]:
+                return f"{kind}: D_{t} is EMPTY (no usable sample), M_{t} will be M_{t - 1}"
+            unit = "records" if kind in (GOLD_SFT, "sft") else "pairs"
+            return f"{kind}: {st['records']} {unit} from {st['questions_used']} questions"
+
+        return self._stage(t, "build", compute, describe)
+
+    def train_stage(self, t: int, kind: str) -> Path:
+        """M_t = F_t(M_{t-1} | D_t); an empty D_t keeps M_{t-1}. The trainer resumes by itself."""
+        cfg = self.cfg
+        base = self._model_of(t - 1)
+        data_path = self.iter_dir(t) / "build" / "train.jsonl"
+
+        def compute(tmp: Path) -> None:
+            stats = read_json(self.iter_dir(t) / "build" / "stats.json")
+            if stats["empty"]:
+                result: dict[str, Any] = {
+                    "source": self._source_of(t - 1),
+                    "skipped": True,
+                    "reason": "empty D_t",
+                    "steps": 0,
+                    "metrics": {},
+                }
+            else:
+                from ..train import train
+
+                step = get_step_kind("sft" if kind == GOLD_SFT else kind)
+                section = cfg.sft if step.train_section == "sft" else cfg.dpo
+                tcfg = dataclasses.replace(
+                    section, **{**step.train_overrides, "seed": derive_seed(cfg.seed, t, "train")}
+                )
+                self.samplers.release()
+                out_dir = self.iter_dir(t) / "trainer"
+                steps = tcfg.epochs * -(-stats["records"] // tcfg.global_batch_size)
+                log = JsonlTrainLogger(
+                    out_dir / "train_log.jsonl",
+                    total_steps=min(steps, tcfg.max_steps) if tcfg.max_steps else steps,
+                    desc=f"train M{t} ({step.loss})",
+                    show_progress=self.show_progress,
+                )
+                try:
+                    res = train(
+                        tcfg,
+                        model=base,
+                        data=str(data_path),
+                        out_dir=str(out_dir),
+                        loss=step.loss,
+                        ref_model=base if step.needs_reference else None,
+                        logger=log,
+                    )
+                finally:
+                    log.finish()
+                if Path(res.checkpoint).resolve() != (out_dir / "model").resolve():
+                    raise RuntimeError(
+                        f"the trainer saved M_{t} at {res.checkpoint}, expected {out_dir / 'model'}"
+                    )
+                # Wall-clock figures differ between a resumed and an uninterrupted run: not kept.
+                kept = {k: v for k, v in res.metrics.items() if "time" not in k and "per_s" not in k}
+                result = {
+                    "source": t,
+                    "skipped": False,
+                    "steps": res.steps,
+                    "metrics": kept,
+                    "loss": step.loss,
+                }
+            if dist.is_main():
+                write_json_atomic(tmp / "result.json", result)
+
+        def describe(folder: Path) -> str:
+            res = read_json(folder / "result.json")
+            if res["skipped"]:
+                return f"skipped ({res['reason']}); M_{t} = M_{t - 1}"
+            loss = res["metrics"].get("loss")
+            return f"{res['loss']}: {res['steps']} steps" + (
+                f", last loss {loss:.4f}" if loss is not None else ""
+            )
+
+        return self._stage(t, "train", compute, describe)
+
+    def eval_stage(self, t: int) -> Path:
+        """Evaluate M_t; M1 is also sampled max(is_ns) times per test question for IS(t) later."""
+        cfg = self.cfg
+
+        def compute(tmp: Path) -> None:
+            sampler = self.samplers.get(self._model_of(t))
+            extra = max(cfg.eval.is_ns) if t == 1 and cfg.eval.is_ns else 0
+            outcome = evaluate_model(
+                sampler,
+                self.eval_data,
+                cfg.eval,
+                seed=derive_seed(cfg.seed, EVAL_STAGE_SEED, "eval"),
+                extra_samples=extra,
+                encoder=self.encoder(),
+                show_progress=self.show_progress,
+            )
+            metrics = dict(outcome.metrics)
+            if t >= 2 and cfg.eval.is_ns:
+                m1 = read_json(self.iter_dir(1) / "eval" / "details.json")
+                metrics.update(
+                    improvement_metrics(
+                        outcome.details["ids"],
+                        outcome.details["greedy_rewards"],
+                        m1["greedy_rewards"],
+                        m1["extra_correct"],
+                        m1["extra_n"],
+                        cfg.eval.is_ns,
+                    )
+                )
+            if dist.is_main():
+                write_json_atomic(tmp / "metrics.json", metrics)
+                write_json_atomic(tmp / "details.json", outcome.details)
+                write_jsonl_atomic(tmp / "greedy.jsonl", outcome.greedy_rows)
+                write_jsonl_atomic(tmp / "samples.jsonl", outcome.sample_rows)
+
+        def describe(folder: Path) -> str:
+            m = read_json(folder / "metrics.json")
+            parts = [f"pass@1 {m['pass@1']:.3f}", f"coverage {m['coverage']:.3f}"]
+            if "ood/accuracy" in m:
+                parts.append(f"OOD {m['ood/accuracy']:.3f}")
+            if "is/size" in m:
+                parts.append(f"|IS| {m['is/size']}")
+            return ", ".join(parts)
+
+        return self._stage(t, "eval", compute, describe)
+
+    # ------------------------------------------------------------------ the loop
+    def iteration_row(self, t: int, kind: str | None) -> dict[str, Any]:
+        """Everything logged for iteration t: its evaluation plus what built and trained M_t."""
+        row: dict[str, Any] = {"iteration": t, "step_kind": kind or "base"}
+        row.update(read_json(self.iter_dir(t) / "eval" / "metrics.json"))
+        if t >= 1:
+            build = read_json(self.iter_dir(t) / "build" / "stats.json")
+            row["data/records"] = build["records"]
+            row["data/questions_used"] = build["questions_used"]
+            row["data/empty"] = int(build["empty"])
+            train = read_json(self.iter_dir(t) / "train" / "result.json")
+            row["train/skipped"] = int(train["skipped"])
+            row["train/steps"] = train["steps"]
+            for key, value in train["metrics"].items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    row[f"train/{key}"] = value
+        if t >= 2:
+            sample = read_json(self.iter_dir(t) / "sample" / "stats.json")
+            row["sample/correct_fraction"] = sample["correct_fraction"]
+            row["sample/questions_with_correct"] = sample["questions_with_correct"]
+            row["sample/truncated_fraction"] = sample["truncated_fraction"]
+        return row
+
+    def _logged_iterations(self) -> set[int]:
+        path = self.root / "metrics.jsonl"
+        if not dist.is_main() or not path.is_file():
+            return set()
+        rows = read_jsonl(path, tolerate_torn_tail=True)
+        # Rewrite without a torn tail, so the next append starts on a clean line.
+        write_jsonl_atomic(path, rows)
+        return {int(r["iteration"]) for r in rows if "iteration" in r}
+
+    def log_iteration(self, t: int, kind: str | None, logged: set[int]) -> None:
+        """Log iteration t once (a resumed run does not repeat rows) and refresh report.md."""
+        if dist.is_main() and t not in logged:
+            self.logger.log(self.iteration_row(t, kind), step=t)
+            logged.add(t)
+            self.write_report(plots=False)  # the table after every iteration; plots at the end
+
+    def write_report(self, plots: bool = True) -> None:
+        if dist.is_main():
+            from ..report import write_run_report
+
+            write_run_report(self.root, plots=plots)
+
+    def run(self) -> dict[str, Any]:
+        """Run every missing stage of iterations 0..T; returns the last iteration's row."""
+        cfg = self.cfg
+        logged = self._logged_iterations()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=cfg.iterations + 1, desc="iterations", disable=not (self.show_progress and dist.is_main())
+        )
+        self.eval_stage(0)
+        self.log_iteration(0, None, logged)
+        bar.update(1)
+        kind = None
+        for t in range(1, cfg.iterations + 1):
+            kind = step_kind(cfg.paradigm, t)
+            if kind != GOLD_SFT:
+                self.sample_stage(t)
+            self.build_stage(t, kind)
+            self.train_stage(t, kind)
+            self.eval_stage(t)
+            self.log_iteration(t, kind, logged)
+            bar.update(1)
+        bar.close()
+        self.samplers.release()
+        self.write_report()
+        return read_json(self.iter_dir(cfg.iterations) / "eval" / "metrics.json")
+
+    def finish(self) -> None:
+        """Log the plots to W&B as images and close the W&B run."""
+        if self.logger is None:
+            return
+        if dist.is_main():
+            for png in sorted((self.root / "plots").glob("*.png")):
+                self.logger.log_image(f"plots/{png.stem}", png, step=self.cfg.iterations)
+        self.logger.finish()
+
+
+def run_loop(cfg: LoopConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Set up, run (or resume) and report one experiment; returns M_T's metrics."""
+    engine = LoopEngine(cfg, show_progress=show_progress)
+    engine.setup()
+    try:
+        final = engine.run()
+    finally:
+        engine.finish()
+    dist.barrier()
+    return final

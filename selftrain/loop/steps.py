@@ -1,0 +1,184 @@
+"""Post-training step kinds: how D_t is built from graded samples, and which loss trains on it.
+
+A step kind names a builder (graded samples of M_{t-1} -> training records), the trainer's loss,
+the config section holding its TrainConfig ("sft" or "dpo") and whether the trainer needs the
+reference model M_{t-1}. Built in: "sft" (all correct answers), "dpo" and "rpo" (correct x
+incorrect pairs). "gold_sft" is iteration 1: SFT on the task's gold responses.
+
+A response counts as correct when its reward is >= 1 (paper A's rewards are binary 0/1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+
+@dataclass
+class SampledQuestion:
+    """The N graded samples of one training question (one row of iter_<t>/sample/samples.jsonl)."""
+
+    id: str
+    prompt: str
+    responses: list[str]
+    rewards: list[float]
+    finish_reasons: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.responses) != len(self.rewards):
+            raise ValueError(
+                f"question {self.id!r}: {len(self.responses)} responses but {len(self.rewards)} rewards"
+            )
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any], where: str = "sample row") -> SampledQuestion:
+        missing = [k for k in ("id", "prompt", "responses", "rewards") if k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+        return cls(
+            id=str(row["id"]),
+            prompt=row["prompt"],
+            responses=list(row["responses"]),
+            rewards=[float(r) for r in row["rewards"]],
+            finish_reasons=list(row.get("finish_reasons", [])),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "prompt": self.prompt,
+            "responses": self.responses,
+            "rewards": self.rewards,
+            "finish_reasons": self.finish_reasons,
+        }
+
+
+def is_correct(reward: float) -> bool:
+    return float(reward) >= 1.0
+
+
+def _unique(texts: Sequence[str]) -> list[str]:
+    """Texts with identical duplicates removed, first occurrence kept (order is stable)."""
+    return list(dict.fromkeys(texts))
+
+
+def build_sft_set(questions: Sequence[SampledQuestion]) -> list[dict[str, str]]:
+    """D_t of an SFT step: every correct response, identical duplicates of one question removed.
+
+    A question with no correct sample adds nothing. Records: {"prompt", "response"}.
+    """
+    records: list[dict[str, str]] = []
+    for q in questions:
+        correct = _unique([r for r, w in zip(q.responses, q.rewards) if is_correct(w)])
+        records.extend({"prompt": q.prompt, "response": r} for r in correct)
+    return records
+
+
+def build_preference_pairs(
+    questions: Sequence[SampledQuestion], max_pairs_per_question: int | None, seed: int
+) -> list[dict[str, str]]:
+    """D_t of a DPO step: (correct, incorrect) pairs of the same question.
+
+    Candidates are all pairs of distinct correct x distinct incorrect responses (identical
+    duplicates removed on both sides, so no pair repeats). When there are more than
+    `max_pairs_per_question` (None = no cap), that many are drawn without replacement with an RNG
+    seeded by (seed, question id): the choice for a question does not depend on the others.
+    A question lacking a correct or an incorrect sample adds nothing. Records: {"prompt", "chosen",
+    "rejected"}.
+    """
+    if max_pairs_per_question is not None and (
+        isinstance(max_pairs_per_question, bool)
+        or not isinstance(max_pairs_per_question, int)
+        or max_pairs_per_question < 1
+    ):
+        raise ValueError(
+            f"max_pairs_per_question must be an int >= 1 or None, got {max_pairs_per_question!r}"
+        )
+    records: list[dict[str, str]] = []
+    for q in questions:
+        correct = _unique([r for r, w in zip(q.responses, q.rewards) if is_correct(w)])
+        incorrect = _unique([r for r, w in zip(q.responses, q.rewards) if not is_correct(w)])
+        pairs = list(itertools.product(correct, incorrect))
+        if max_pairs_per_question is not None and len(pairs) > max_pairs_per_question:
+            # A str seed is hashed with SHA-512 by `random`, so the draw is the same in every process.
+            rng = random.Random(f"{seed}:{q.id}")
+            pairs = rng.sample(pairs, max_pairs_per_question)
+        records.extend({"prompt": q.prompt, "chosen": c, "rejected": r} for c, r in pairs)
+    return records
+
+
+def gold_sft_set(task: Any, examples: Sequence[Any], prompts: Sequence[str]) -> list[dict[str, str]]:
+    """D_1: the gold training set, one {"prompt", "response": task.gold_response(example)} per question."""
+    if len(examples) != len(prompts):
+        raise ValueError(f"{len(examples)} examples but {len(prompts)} prompts")
+    return [{"prompt": p, "response": task.gold_response(ex)} for ex, p in zip(examples, prompts)]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    seed: int
+    max_pairs_per_question: int | None
+
+
+Builder = Callable[[Sequence[SampledQuestion], BuildOptions], list[dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One post-training step: build D_t, then `train(loss=loss)` with the `train_section` config."""
+
+    name: str
+    build: Builder
+    loss: str
+    train_section: str  # "sft" or "dpo": the loop config's TrainConfig section to use
+    needs_reference: bool  # pass ref_model = M_{t-1} to the trainer
+    # TrainConfig fields this step sets over its section (e.g. {"label_smoothing": 0.1}).
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+_STEP_KINDS: dict[str, StepKind] = {}
+
+
+def register_step_kind(kind: StepKind, *, replace: bool = False) -> StepKind:
+    if kind.train_section not in ("sft", "dpo"):
+        raise ValueError(
+            f"step kind {kind.name!r}: train_section must be 'sft' or 'dpo', got {kind.train_section!r}"
+        )
+    from ..train.config import TrainConfig
+
+    unknown = sorted(set(kind.train_overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError(
+            f"step kind {kind.name!r}: train_overrides has unknown TrainConfig field(s) {unknown}"
+        )
+    if kind.name in _STEP_KINDS and not replace:
+        raise ValueError(f"step kind {kind.name!r} is already registered (pass replace=True to override)")
+    _STEP_KINDS[kind.name] = kind
+    return kind
+
+
+def get_step_kind(name: str) -> StepKind:
+    if name not in _STEP_KINDS:
+        raise ValueError(f"unknown step kind {name!r}; registered: {', '.join(step_kind_names())}")
+    return _STEP_KINDS[name]
+
+
+def step_kind_names() -> list[str]:
+    return sorted(_STEP_KINDS)
+
+
+register_step_kind(StepKind("sft", lambda qs, o: build_sft_set(qs), "sft", "sft", False))
+register_step_kind(
+    StepKind(
+        "dpo", lambda qs, o: build_preference_pairs(qs, o.max_pairs_per_question, o.seed), "dpo", "dpo", True
+    )
+)
+# RPO = DPO + an NLL term on the chosen answer (paper B's RL update); same pairs, trainer's "rpo" loss.
+register_step_kind(
+    StepKind(
+        "rpo", lambda qs, o: build_preference_pairs(qs, o.max_pairs_per_question, o.seed), "rpo", "dpo", True
+    )
+)

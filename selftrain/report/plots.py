@@ -1,0 +1,198 @@
+"""PNG plots of a run (or of several runs side by side), drawn with matplotlib's Agg backend.
+
+- pass_at_1.png      greedy pass@1 per iteration; one line per run when several are given
+- is_pass_at_n.png   M1's pass@N on IS(t), one line per t (the "already within M1's reach" plot)
+- diversity.png      distinct-n / semantic / distinct equations per iteration, correct vs incorrect
+- ood.png            OOD accuracy per level per iteration (whole accuracy dashed)
+- pass_at_k.png      sampled pass@k against k, one line per iteration
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in tests
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .runs import RunRecord  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Save through a temp name and a rename, like every other artifact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.14), left=max(fig.subplotpars.left, 0.12))
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    # No bbox_inches="tight": it draws the figure twice (about 2x slower on a busy CPU).
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _line(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float | None], **kwargs: object) -> bool:
+    points = [(x, y) for x, y in zip(xs, ys) if y is not None]
+    if not points:
+        return False
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", **kwargs)
+    return True
+
+
+def _legend(ax: plt.Axes, **kwargs: object) -> None:
+    """A legend only when something was drawn (an all-None metric draws nothing)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
+def _log2_axis(ax: plt.Axes, values: Sequence[int]) -> None:
+    """A log2 x axis labelled with the plain numbers (2, 4, 8 rather than 2^1, 2^2, 2^3)."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(values), labels=[str(v) for v in values])
+    ax.minorticks_off()
+
+
+def _iteration_axis(ax: plt.Axes, iterations: Sequence[int]) -> None:
+    ax.set_xticks(list(iterations))
+    ax.set_xticklabels([f"M{t}" for t in iterations])
+    ax.set_xlabel("iteration")
+    ax.grid(alpha=0.3)
+
+
+def plot_pass_at_1(runs: Sequence[RunRecord], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    iterations: set[int] = set()
+    for run in runs:
+        xs, ys = run.series("pass@1")
+        iterations.update(xs)
+        _line(ax, xs, ys, label=run.label)
+    _iteration_axis(ax, sorted(iterations))
+    ax.set_ylabel("pass@1 (greedy, test)")
+    ax.set_title("pass@1 per iteration")
+    _legend(ax)
+    return _save(fig, path)
+
+
+def _sorted_suffix_keys(keys: Sequence[str], prefix: str) -> list[tuple[str, str]]:
+    """(key, suffix) for keys `prefix<suffix>`, numeric suffixes in numeric order."""
+    found = [(k, k[len(prefix) :]) for k in keys if k.startswith(prefix)]
+
+    def order(item: tuple[str, str]) -> tuple[int, float, str]:
+        m = re.fullmatch(r"\d+(?:\.\d+)?", item[1])
+        return (0, float(item[1]), "") if m else (1, 0.0, item[1])
+
+    return sorted(found, key=order)
+
+
+def plot_is_pass_at_n(run: RunRecord, path: Path) -> Path | None:
+    keys = _sorted_suffix_keys(run.metric_keys(), "is/m1_pass@")
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for row in run.rows:
+        ns = [int(s) for _, s in keys]
+        ys = [row.get(k) for k, _ in keys]
+        size = row.get("is/size")
+        drawn |= _line(ax, ns, ys, label=f"IS({row['iteration']}), |IS|={size}")
+    if not drawn:
+        ax.text(0.5, 0.5, "every IS(t) is empty", ha="center", va="center", transform=ax.transAxes)
+    _log2_axis(ax, [int(s) for _, s in keys])
+    ax.set_xlabel("N (samples from M1)")
+    ax.set_ylabel("M1's pass@N on IS(t)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Were M_t's new solutions already within M1's reach?")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _save(fig, path)
+
+
+DIVERSITY_MEASURES = (
+    ("distinct_n", "distinct-n (1..5)"),
+    ("semantic", "semantic (SBERT)"),
+    ("equations", "distinct equations"),
+)
+
+
+def plot_diversity(run: RunRecord, path: Path) -> Path | None:
+    keys = set(run.metric_keys())
+    measures = [(m, title) for m, title in DIVERSITY_MEASURES if f"diversity/correct/{m}" in keys]
+    if not measures:
+        return None
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.5 * len(measures), 3.8), squeeze=False)
+    for ax, (measure, title) in zip(axes[0], measures):
+        for group, style in (("correct", "-"), ("incorrect", "--")):
+            xs, ys = run.series(f"diversity/{group}/{measure}")
+            _line(ax, xs, ys, linestyle=style, label=group)
+        _iteration_axis(ax, run.iterations)
+        ax.set_title(title)
+        _legend(ax)
+    fig.suptitle("Diversity of N samples per question: correct vs incorrect")
+    fig.subplots_adjust(top=0.84, wspace=0.3)
+    return _save(fig, path)
+
+
+def plot_ood(run: RunRecord, path: Path) -> Path | None:
+    keys = run.metric_keys()
+    if "ood/accuracy" not in keys:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, level in _sorted_suffix_keys(keys, "ood/level_"):
+        xs, ys = run.series(key)
+        _line(ax, xs, ys, label=f"level {level}")
+    xs, ys = run.series("ood/accuracy")
+    _line(ax, xs, ys, linestyle="--", color="black", label="whole")
+    _iteration_axis(ax, run.iterations)
+    ax.set_ylabel("OOD accuracy (greedy)")
+    ax.set_title("Out-of-distribution accuracy per level")
+    _legend(ax, fontsize="small")
+    return _save(fig, path)
+
+
+def plot_pass_at_k(run: RunRecord, path: Path) -> Path | None:
+    keys = _sorted_suffix_keys(run.metric_keys(), "pass@k/")
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in run.rows:
+        _line(ax, [int(s) for _, s in keys], [row.get(k) for k, _ in keys], label=f"M{row['iteration']}")
+    _log2_axis(ax, [int(s) for _, s in keys])
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k (test, sampled)")
+    ax.set_title("pass@k per iteration")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _save(fig, path)
+
+
+def plot_run(run: RunRecord, folder: Path) -> list[Path]:
+    """Every plot of one run into `folder`; returns the files written."""
+    made = [
+        plot_pass_at_1([run], folder / "pass_at_1.png"),
+        plot_is_pass_at_n(run, folder / "is_pass_at_n.png"),
+        plot_diversity(run, folder / "diversity.png"),
+        plot_ood(run, folder / "ood.png"),
+        plot_pass_at_k(run, folder / "pass_at_k.png"),
+    ]
+    return [p for p in made if p is not None]
+
+
+def plot_comparison(runs: Sequence[RunRecord], folder: Path) -> list[Path]:
+    """Plots with one line per run (e.g. one per paradigm): pass@1 and OOD whole accuracy."""
+    made = [plot_pass_at_1(runs, folder / "pass_at_1.png")]
+    if any("ood/accuracy" in r.metric_keys() for r in runs):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        iterations: set[int] = set()
+        for run in runs:
+            xs, ys = run.series("ood/accuracy")
+            iterations.update(xs)
+            _line(ax, xs, ys, label=run.label)
+        _iteration_axis(ax, sorted(iterations))
+        ax.set_ylabel("OOD accuracy (greedy)")
+        ax.set_title("OOD accuracy per iteration")
+        _legend(ax)
+        made.append(_save(fig, folder / "ood_accuracy.png"))
+    return made

@@ -1,0 +1,281 @@
+"""End to end with the real sampler, trainer, metrics and W&B: tiny-random on arith, T = 2.
+
+The task is arith with one change: its reward is 1 for half of all texts (by a CRC of the text), so
+a random model earns both correct and incorrect samples and every stage has data (with the true
+arith grader tiny-random never scores, every D_t would be empty). Paradigm iter_dpo: M1 = gold SFT,
+M2 = DPO(M1) with reference M1 — the trainer's SFT and DPO paths both run.
+
+1. the run under `torchrun --nproc_per_node=2` (gloo): every metric key present and in range,
+   plots, the W&B offline run, report.md;
+2. `recipes/evaluate.py` in ONE process on M0 and on that run's M1: the same numbers as the
+   2-process run's evaluation of the same weights (sharded evaluation = one process);
+3. the same 2-process run killed with SIGKILL at a random stage, then re-run: the same metrics as
+   the uninterrupted run (set SELFTRAIN_KILL_POINT to one of KILL_POINTS to pin the stage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+DRIVER = """
+import sys
+import zlib
+
+import selftrain.tasks as tasks
+from selftrain.tasks.arith import Arith
+
+
+class HalfRewardArith(Arith):
+    name = "half_arith"
+
+    def reward(self, example, response):
+        return 1.0 if zlib.crc32(response.encode()) % 2 == 0 else 0.0
+
+
+tasks._REGISTRY["half_arith"] = HalfRewardArith
+from selftrain.loop.recipe import run_evaluate_recipe, run_loop_recipe  # noqa: E402
+
+if sys.argv[1] == "evaluate":
+    run_evaluate_recipe(sys.argv[2:])
+else:
+    run_loop_recipe(sys.argv[1], sys.argv[2:])
+"""
+
+SHARED = [
+    "task=half_arith",
+    "data.task_options={train_size: 6, test_size: 4, ood_size_per_level: 1}",
+    "eval.n_samples=4",
+    "eval.is_ns=[2,4]",
+    "eval.max_new_tokens=12",
+]
+LOOP = [
+    "model=tiny-random",
+    "iterations=2",
+    "n_samples=4",
+    "max_pairs_per_question=3",
+    "sampling.max_new_tokens=12",
+    "sft.global_batch_size=4",
+    "sft.micro_batch_size=2",
+    "dpo.global_batch_size=4",
+    "dpo.micro_batch_size=2",
+    *SHARED,
+]
+# Stage folders whose appearance triggers the kill (".x.partial" = stage x is running).
+KILL_POINTS = [
+    "iter_0/.eval.partial",
+    "iter_1/.train.partial",
+    "iter_2/.sample.partial",
+    "iter_2/.train.partial",
+    "iter_2/.eval.partial",
+    "iter_2/eval",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        SELFTRAIN_PROGRESS="0",
+        TQDM_DISABLE="1",
+    )
+    return env
+
+
+def _command(driver: Path, args: list[str], procs: int) -> list[str]:
+    if procs == 1:
+        return [sys.executable, str(driver), *args]
+    return [str(TORCHRUN), f"--nproc_per_node={procs}", f"--master_port={_free_port()}", str(driver), *args]
+
+
+def _run(driver: Path, args: list[str], procs: int, timeout: float = 420) -> None:
+    proc = subprocess.run(
+        _command(driver, args, procs), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+def _process_tree(root: int) -> list[int]:
+    """`root` and every descendant (torchrun puts each rank in a process group of its own, so
+    killing the launcher's group alone would leave the ranks running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _kill_tree(root: int) -> None:
+    """SIGKILL, like a power cut: the launcher, both ranks and their helper processes. The tree is
+    frozen with SIGSTOP first (twice, to catch a child forked meanwhile), so nothing escapes."""
+    seen: set[int] = set()
+    for _ in range(2):
+        for pid in _process_tree(root):
+            if pid not in seen:
+                seen.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+    for pid in seen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("driver") / "driver.py"
+    path.write_text(DRIVER)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(driver, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    _run(driver, ["iter_dpo", *LOOP, f"out_dir={out}"], procs=2)
+    return out
+
+
+def _same(a, b, rel: float) -> bool:
+    if a is None or b is None or isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return b == pytest.approx(a, rel=rel, abs=1e-12)
+
+
+def _in_unit(value) -> bool:
+    return value is not None and 0.0 <= value <= 1.0 + 1e-12
+
+
+def test_two_process_run_writes_every_metric_plot_and_log(reference_run):
+    out = reference_run
+    rows = _rows(out)
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert [r["step_kind"] for r in rows] == ["base", "gold_sft", "dpo"]
+    for r in rows:
+        for key in (
+            "pass@1",
+            "coverage",
+            "pass@k/1",
+            "pass@k/2",
+            "pass@k/4",
+            "greedy/truncated",
+            "ood/accuracy",
+            *(f"pass@1/level_{lv}" for lv in (1, 2, 3)),
+            *(f"ood/level_{lv}" for lv in range(1, 6)),
+        ):
+            assert _in_unit(r[key]), (r["iteration"], key, r.get(key))
+        assert r["pass@k/1"] == pytest.approx(r["coverage"])  # unbiased pass@1 = mean fraction correct
+        assert r["pass@k/1"] <= r["pass@k/2"] <= r["pass@k/4"]
+        disparity = r["ood/group_disparity"]
+        assert disparity is None or disparity <= 1.0
+        for group in ("correct", "incorrect"):
+            for measure in ("distinct_n", "semantic", "equations"):
+                key = f"diversity/{group}/{measure}"
+                assert key in r
+                value = r[key]
+                assert value is None or (0.0 <= value <= (2.0 if measure == "semantic" else 1.0)), (
+                    key,
+                    value,
+                )
+        assert r["diversity/correct/n_questions"] + r["diversity/incorrect/n_questions"] > 0
+    assert rows[1]["data/records"] == 6 and rows[1]["train/steps"] >= 1  # the gold set, trained
+    last = rows[2]
+    assert last["data/records"] > 0 and last["train/skipped"] == 0 and math.isfinite(last["train/loss"])
+    assert 0 <= last["is/size"] <= 4 and "is/m1_pass@2" in last and "is/m1_pass@4" in last
+    if last["is/size"]:
+        assert _in_unit(last["is/m1_pass@2"]) and last["is/m1_pass@2"] <= last["is/m1_pass@4"]
+    assert (out / "iter_2" / "trainer" / "model" / "config.json").is_file()
+    for name in ("pass_at_1", "is_pass_at_n", "diversity", "ood", "pass_at_k"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert runs and any(list(r.glob("*.wandb")) for r in runs), list((out / "wandb").iterdir())
+    report = (out / "report.md").read_text()
+    assert "| metric | M0 | M1 | M2 |" in report and "## Progress or regress since M1" in report
+    assert "- `pass@1`: **" in report and "correct-answer coverage" in report
+
+
+def test_one_process_evaluation_matches_the_two_process_run(driver, reference_run, tmp_path):
+    """recipes/evaluate.py (1 process) on the run's M0 and M1: identical metrics."""
+    m1 = reference_run / "iter_1" / "trainer" / "model"
+    out = tmp_path / "eval"
+    _run(driver, ["evaluate", *SHARED, f"checkpoints=[tiny-random,{m1}]", f"out_dir={out}"], procs=1)
+    for i in (0, 1):
+        one = json.loads((out / f"model_{i}" / "eval" / "metrics.json").read_text())
+        two = json.loads((reference_run / f"iter_{i}" / "eval" / "metrics.json").read_text())
+        assert one.keys() == two.keys()
+        for key in one:
+            assert _same(two[key], one[key], rel=1e-9), (i, key, one[key], two[key])
+    assert (out / "report.md").is_file() and len(_rows(out)) == 2
+
+
+def test_killed_run_resumes_to_the_same_metrics(driver, reference_run, tmp_path):
+    point = os.environ.get("SELFTRAIN_KILL_POINT") or random.choice(KILL_POINTS)
+    assert point in KILL_POINTS, f"SELFTRAIN_KILL_POINT must be one of {KILL_POINTS}"
+    out = tmp_path / "run"
+    args = ["iter_dpo", *LOOP, f"out_dir={out}"]
+    proc = subprocess.Popen(
+        _command(driver, args, 2),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 400
+    try:
+        while not (out / point).exists():
+            assert proc.poll() is None, f"the run ended before reaching {point} (exit {proc.returncode})"
+            assert time.monotonic() < deadline, f"timed out waiting for {point}"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 0.5))
+    finally:
+        _kill_tree(proc.pid)
+        proc.wait()
+    assert not (out / "iter_2" / "eval" / ".done").exists() or point == "iter_2/eval", point
+    _run(driver, args, procs=2)
+    expected, got = _rows(reference_run), _rows(out)
+    assert [r["iteration"] for r in got] == [0, 1, 2], point
+    for want, have in zip(expected, got):
+        assert want.keys() == have.keys(), point
+        for key in want:
+            assert _same(want[key], have[key], rel=1e-6), (
+                point,
+                want["iteration"],
+                key,
+                want[key],
+                have[key],
+            )
