@@ -47,3 +47,11 @@ def test_write_json_atomic_leaves_no_temp(tmp_path):
     write_json_atomic(tmp_path / "m.json", {"x": 1})
     assert json.loads((tmp_path / "m.json").read_text()) == {"x": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_disabled_logger_stays_disabled_under_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    log = RunLogger(tmp_path, mode="disabled")
+    log.log({"loss": 1.0}, step=0)
+    log.finish()
+    assert (tmp_path / "metrics.jsonl").is_file() and not (tmp_path / "wandb").exists()

@@ -65,7 +65,8 @@ def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
 class RunLogger:
     """Logs scalar dicts to `<out_dir>/<jsonl_name>` and to W&B (rank 0 only).
 
-    `mode`: "offline" (default), "online", or "disabled"; WANDB_MODE in the environment wins.
+    `mode`: "offline" (default), "online", or "disabled"; WANDB_MODE in the environment overrides
+    "offline"/"online" but never re-enables a logger created with mode="disabled".
     """
 
     def __init__(
@@ -85,7 +86,8 @@ class RunLogger:
         if not self.enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        mode = os.environ.get("WANDB_MODE", mode)
+        if mode != "disabled":  # an explicit "disabled" wins; otherwise WANDB_MODE may switch it
+            mode = os.environ.get("WANDB_MODE", mode)
         if mode != "disabled":
             import wandb
 
