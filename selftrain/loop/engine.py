@@ -49,6 +49,68 @@ def _stop_for(task: Any, tokenizer: Any) -> list[str] | None:
     return list(getattr(task, "stop", ()) or ()) or None
 
 
+def sample_and_grade(
+    sampler: Any, task: Any, examples: list[Any], prompts: list[str], sampling: Any, n: int,
+    stop: list[str] | None, seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Sample n answers per prompt, grade them with the task: (samples.jsonl rows, stats).
+
+    Collective (the sampler and the grading shard across ranks); every rank gets the same result.
+    """
+    outs = sampler.generate(
+        prompts,
+        n=n,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        stop=stop,
+        seed=seed,
+    )
+    texts = [[c.text for c in row] for row in outs]
+    rewards = grade(task, examples, texts)
+    rows = [
+        SampledQuestion(str(ex.id), p, tx, rw, [c.finish_reason for c in row]).to_dict()
+        for ex, p, tx, rw, row in zip(examples, prompts, texts, rewards, outs)
+    ]
+    flat = [r for row in rewards for r in row]
+    stats = {
+        "questions": len(rows),
+        "samples": len(flat),
+        "correct_fraction": sum(map(is_correct, flat)) / max(1, len(flat)),
+        "questions_with_correct": sum(any(map(is_correct, row)) for row in rewards),
+        "questions_all_correct": sum(all(map(is_correct, row)) for row in rewards),
+        "truncated_fraction": sum(c.finish_reason == "length" for row in outs for c in row)
+        / max(1, len(flat)),
+    }
+    return rows, stats
+
+
+def write_eval_stage(
+    tmp: Path, outcome: Any, reference_details: Path | None, is_ns: list[int]
+) -> dict[str, Any]:
+    """Add IS(t) metrics against the reference model's eval details (M1), write the eval artifacts
+    (rank 0) and return the metrics."""
+    metrics = dict(outcome.metrics)
+    if reference_details is not None and is_ns:
+        m1 = read_json(reference_details)
+        metrics.update(
+            improvement_metrics(
+                outcome.details["ids"],
+                outcome.details["greedy_rewards"],
+                m1["greedy_rewards"],
+                m1["extra_correct"],
+                m1["extra_n"],
+                is_ns,
+            )
+        )
+    if dist.is_main():
+        write_json_atomic(tmp / "metrics.json", metrics)
+        write_json_atomic(tmp / "details.json", outcome.details)
+        write_jsonl_atomic(tmp / "greedy.jsonl", outcome.greedy_rows)
+        write_jsonl_atomic(tmp / "samples.jsonl", outcome.sample_rows)
+    return metrics
+
+
 class SamplerCache:
     """Holds one sampler (the model being sampled now); building another frees the previous."""
 
@@ -234,40 +296,19 @@ class LoopEngine:
         cfg = self.cfg
 
         def compute(tmp: Path) -> None:
-            sampler = self.samplers.get(self._model_of(t - 1))
-            s = cfg.sampling
-            outs = sampler.generate(
+            rows, stats = sample_and_grade(
+                self.samplers.get(self._model_of(t - 1)),
+                self.task,
+                self.train_examples,
                 self.train_prompts,
-                n=cfg.n_samples,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                max_new_tokens=s.max_new_tokens,
-                stop=self.train_stop,
-                seed=derive_seed(cfg.seed, t, "sample"),
+                cfg.sampling,
+                cfg.n_samples,
+                self.train_stop,
+                derive_seed(cfg.seed, t, "sample"),
             )
-            texts = [[c.text for c in row] for row in outs]
-            rewards = grade(self.task, self.train_examples, texts)
             if dist.is_main():
-                rows = [
-                    SampledQuestion(str(ex.id), p, tx, rw, [c.finish_reason for c in row]).to_dict()
-                    for ex, p, tx, rw, row in zip(
-                        self.train_examples, self.train_prompts, texts, rewards, outs
-                    )
-                ]
                 write_jsonl_atomic(tmp / "samples.jsonl", rows)
-                flat = [r for row in rewards for r in row]
-                write_json_atomic(
-                    tmp / "stats.json",
-                    {
-                        "questions": len(rows),
-                        "samples": len(flat),
-                        "correct_fraction": sum(map(is_correct, flat)) / max(1, len(flat)),
-                        "questions_with_correct": sum(any(map(is_correct, row)) for row in rewards),
-                        "questions_all_correct": sum(all(map(is_correct, row)) for row in rewards),
-                        "truncated_fraction": sum(c.finish_reason == "length" for row in outs for c in row)
-                        / max(1, len(flat)),
-                    },
-                )
+                write_json_atomic(tmp / "stats.json", stats)
 
         def describe(folder: Path) -> str:
             st = read_json(folder / "stats.json")
@@ -408,24 +449,8 @@ class LoopEngine:
                 encoder=self.encoder(),
                 show_progress=self.show_progress,
             )
-            metrics = dict(outcome.metrics)
-            if t >= 2 and cfg.eval.is_ns:
-                m1 = read_json(self.iter_dir(1) / "eval" / "details.json")
-                metrics.update(
-                    improvement_metrics(
-                        outcome.details["ids"],
-                        outcome.details["greedy_rewards"],
-                        m1["greedy_rewards"],
-                        m1["extra_correct"],
-                        m1["extra_n"],
-                        cfg.eval.is_ns,
-                    )
-                )
-            if dist.is_main():
-                write_json_atomic(tmp / "metrics.json", metrics)
-                write_json_atomic(tmp / "details.json", outcome.details)
-                write_jsonl_atomic(tmp / "greedy.jsonl", outcome.greedy_rows)
-                write_jsonl_atomic(tmp / "samples.jsonl", outcome.sample_rows)
+            reference = self.iter_dir(1) / "eval" / "details.json" if t >= 2 else None
+            write_eval_stage(tmp, outcome, reference, cfg.eval.is_ns)
 
         def describe(folder: Path) -> str:
             m = read_json(folder / "metrics.json")

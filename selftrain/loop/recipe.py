@@ -85,10 +85,17 @@ class EvaluateConfig:
 def evaluate_checkpoints(cfg: EvaluateConfig, show_progress: bool = True) -> list[dict[str, Any]]:
     """Evaluate every checkpoint (collective); log one row per checkpoint; write report.md."""
     from ..models import load_tokenizer
-    from ..report import RunLogger, write_json_atomic, write_run_report
-    from .artifacts import derive_seed, read_json, say, write_jsonl_atomic
-    from .engine import EVAL_STAGE_SEED, SamplerCache, check_or_write_config, load_eval_data, load_task
-    from .evaluation import evaluate_model, improvement_metrics
+    from ..report import RunLogger, write_run_report
+    from .artifacts import derive_seed, read_json, say
+    from .engine import (
+        EVAL_STAGE_SEED,
+        SamplerCache,
+        check_or_write_config,
+        load_eval_data,
+        load_task,
+        write_eval_stage,
+    )
+    from .evaluation import evaluate_model
     from .stages import run_stage
 
     dist.init_distributed()
@@ -123,24 +130,9 @@ def evaluate_checkpoints(cfg: EvaluateConfig, show_progress: bool = True) -> lis
                 encoder=encoder,
                 show_progress=show_progress,
             )
-            metrics = dict(outcome.metrics)
-            if ref is not None and i != ref and cfg.eval.is_ns:
-                m1 = read_json(root / f"model_{ref}" / "eval" / "details.json")
-                metrics.update(
-                    improvement_metrics(
-                        outcome.details["ids"],
-                        outcome.details["greedy_rewards"],
-                        m1["greedy_rewards"],
-                        m1["extra_correct"],
-                        m1["extra_n"],
-                        cfg.eval.is_ns,
-                    )
-                )
-            if dist.is_main():
-                write_json_atomic(tmp / "metrics.json", metrics)
-                write_json_atomic(tmp / "details.json", outcome.details)
-                write_jsonl_atomic(tmp / "greedy.jsonl", outcome.greedy_rows)
-                write_jsonl_atomic(tmp / "samples.jsonl", outcome.sample_rows)
+            is_other = ref is not None and i != ref
+            reference = root / f"model_{ref}" / "eval" / "details.json" if is_other else None
+            write_eval_stage(tmp, outcome, reference, cfg.eval.is_ns)
 
         run_stage(folder, "eval", compute)
         metrics = read_json(folder / "eval" / "metrics.json")

@@ -48,8 +48,8 @@ from .config import (
     check_sampling,
     config_differences,
 )
-from .engine import ConfigMismatchError, SamplerCache, _stop_for, load_eval_data, load_task
-from .evaluation import evaluate_model, grade, sample_metrics
+from .engine import ConfigMismatchError, SamplerCache, _stop_for, load_eval_data, load_task, sample_and_grade
+from .evaluation import evaluate_model, sample_metrics
 from .stages import run_stage, stage_done
 from .steps import BuildOptions, SampledQuestion, get_step_kind, is_correct
 
@@ -440,37 +440,19 @@ class IterVerifyEngine:
         def compute(tmp: Path) -> None:
             if self._verifier_samplers is not None:
                 self._verifier_samplers.release()
-            sampler = self.samplers.get(self.model_of(t))
-            s = cfg.sampling
-            outs = sampler.generate(
+            rows, stats = sample_and_grade(
+                self.samplers.get(self.model_of(t)),
+                self.task,
+                self.examples,
                 self.prompts,
-                n=cfg.n_samples,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                max_new_tokens=s.max_new_tokens,
-                stop=self.stop,
-                seed=derive_seed(cfg.seed, t, "sample"),
+                cfg.sampling,
+                cfg.n_samples,
+                self.stop,
+                derive_seed(cfg.seed, t, "sample"),
             )
-            texts = [[c.text for c in row] for row in outs]
-            rewards = grade(self.task, self.examples, texts)
             if dist.is_main():
-                rows = [
-                    SampledQuestion(str(ex.id), p, tx, rw, [c.finish_reason for c in row]).to_dict()
-                    for ex, p, tx, rw, row in zip(self.examples, self.prompts, texts, rewards, outs)
-                ]
                 write_jsonl_atomic(tmp / "samples.jsonl", rows)
-                flat = [r for row in rewards for r in row]
-                write_json_atomic(
-                    tmp / "stats.json",
-                    {
-                        "model": self.model_of(t),
-                        "questions": len(rows),
-                        "samples": len(flat),
-                        "correct_fraction": sum(map(is_correct, flat)) / max(1, len(flat)),
-                        "truncated_fraction": sum(c.finish_reason == "length" for row in outs for c in row)
-                        / max(1, len(flat)),
-                    },
-                )
+                write_json_atomic(tmp / "stats.json", {"model": self.model_of(t), **stats})
 
         def describe(folder: Path) -> str:
             st = read_json(folder / "stats.json")
