@@ -13,10 +13,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from selftrain import dist
-from selftrain.config import ConfigError, parse_cli
-from selftrain.models import ModelLoadError
-from selftrain.train import DataError, NonFiniteError, TrainConfig, train, train_config_of
+from selftrain.config import ConfigError
+from selftrain.train import TrainConfig
+from selftrain.train.recipe import exit_with, run_single_stage
 
 
 @dataclass
@@ -28,35 +27,15 @@ class DPORecipe(TrainConfig):
     loss: str = "dpo"  # dpo | rpo
 
 
+def _loss(cfg: DPORecipe) -> str:
+    if cfg.loss not in ("dpo", "rpo"):
+        raise ConfigError(f"loss={cfg.loss!r}: expected dpo or rpo")
+    return cfg.loss
+
+
 def main(argv: list[str]) -> int:
-    try:
-        cfg = parse_cli(DPORecipe, argv)
-        if not cfg.data or not cfg.out:
-            raise ConfigError("data=FILE.jsonl and out=DIR are required")
-        if cfg.loss not in ("dpo", "rpo"):
-            raise ConfigError(f"loss={cfg.loss!r}: expected dpo or rpo")
-    except (ConfigError, ValueError) as e:
-        print(f"dpo: {e}", file=sys.stderr)
-        return 2
-    dist.init_distributed()
-    try:
-        res = train(
-            train_config_of(cfg), cfg.model, cfg.data, cfg.out, loss=cfg.loss, ref_model=cfg.ref_model or None
-        )
-    except (DataError, ModelLoadError, NonFiniteError) as e:
-        print(f"dpo: {e}", file=sys.stderr)
-        return 2
-    if dist.is_main():
-        print(
-            f"dpo: {'already complete' if res.skipped else f'{res.steps} steps'}; model at {res.checkpoint}"
-        )
-    return 0
+    return run_single_stage("dpo", DPORecipe, argv, loss_of=_loss, ref_of=lambda cfg: cfg.ref_model or None)
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    if dist.is_initialized():
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
-    sys.exit(code)
+    exit_with(main(sys.argv[1:]))

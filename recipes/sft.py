@@ -12,10 +12,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from selftrain import dist
-from selftrain.config import ConfigError, parse_cli
-from selftrain.models import ModelLoadError
-from selftrain.train import DataError, NonFiniteError, TrainConfig, train, train_config_of
+from selftrain.train import TrainConfig
+from selftrain.train.recipe import exit_with, run_single_stage
 
 
 @dataclass
@@ -26,30 +24,8 @@ class SFTRecipe(TrainConfig):
 
 
 def main(argv: list[str]) -> int:
-    try:
-        cfg = parse_cli(SFTRecipe, argv)
-        if not cfg.data or not cfg.out:
-            raise ConfigError("data=FILE.jsonl and out=DIR are required")
-    except (ConfigError, ValueError) as e:
-        print(f"sft: {e}", file=sys.stderr)
-        return 2
-    dist.init_distributed()
-    try:
-        res = train(train_config_of(cfg), cfg.model, cfg.data, cfg.out, loss="sft")
-    except (DataError, ModelLoadError, NonFiniteError) as e:
-        print(f"sft: {e}", file=sys.stderr)
-        return 2
-    if dist.is_main():
-        print(
-            f"sft: {'already complete' if res.skipped else f'{res.steps} steps'}; model at {res.checkpoint}"
-        )
-    return 0
+    return run_single_stage("sft", SFTRecipe, argv, loss_of=lambda cfg: "sft", ref_of=lambda cfg: None)
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    if dist.is_initialized():
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
-    sys.exit(code)
+    exit_with(main(sys.argv[1:]))
