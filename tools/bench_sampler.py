@@ -14,13 +14,14 @@ On CUDA it also prints decode tokens/s and the fraction of the memory-bandwidth 
 (weights + KV read per decode step vs a measured device-to-device copy bandwidth).
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (selftrain is imported before torch on purpose)
 
 import argparse
 import json
 import time
 from pathlib import Path
 
+import selftrain  # noqa: F401  (before torch: it sets GOMP_SPINCOUNT, see selftrain/__init__.py)
 import torch
 
 # vLLM 0.32 CPU build on this 2-core machine, from MACHINE_NOTES.md: NOT measured by this script

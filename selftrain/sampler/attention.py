@@ -9,7 +9,11 @@ single-token rows ("decode rows": one query each), then the multi-token prefill 
   from the cache). Its paged kernels need block_size % 256 == 0.
 - `xformers`: CUDA, when flash-attn is missing. Gathers each sequence's K/V from its blocks
   and runs `memory_efficient_attention` with a bottom-right causal block-diagonal mask.
-- `sdpa`: PyTorch `scaled_dot_product_attention`; the CPU path (and the CUDA fallback).
+- `cpu`: CPU, fp32 (the default there): decode rows through the C kernel of
+  `csrc/paged_attention.c`, which reads each row's K/V in place from its blocks (no gather copy);
+  prefill chunks through SDPA exactly as `sdpa` does.
+- `sdpa`: PyTorch `scaled_dot_product_attention` everywhere; the fallback on any device and the
+  reference the `cpu` kernel is tested against.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] long: cache slot (block * block_size + offset) of each new token
     num_decode: int = 0
     decode_block_tables: torch.Tensor | None = None  # [B, max_blocks] (long for sdpa, int32 for flash)
-    decode_context_lens: torch.Tensor | None = None  # [B] keys per decode row
+    decode_context_lens: torch.Tensor | None = None  # [B] int32 keys per decode row
+    decode_context_lens_long: torch.Tensor | None = None  # the same as int64 (cpu backend)
     decode_mask: torch.Tensor | None = None  # [B, 1, 1, max_blocks * block_size] 0 / -inf (sdpa)
     prefills: list[PrefillChunk] = field(default_factory=list)
     # flash-attn varlen view of the prefill chunks
@@ -56,7 +61,8 @@ def store_kv(layer_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots:
 
 class SdpaBackend:
     name = "sdpa"
-    needs_masks = True
+    needs_masks = True  # additive masks for prefill chunks that start after position 0
+    needs_decode_mask = True
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_cache: torch.Tensor,
                meta: AttentionMetadata, scale: float) -> torch.Tensor:
@@ -99,11 +105,49 @@ class SdpaBackend:
         return o.reshape(B, heads, head_dim)
 
 
+class CpuPagedBackend(SdpaBackend):
+    """Decode rows through `selftrain._paged_attention` (fp32 CPU tensors), prefill through SDPA."""
+
+    name = "cpu"
+    needs_decode_mask = False
+
+    def __init__(self) -> None:
+        from selftrain import _paged_attention
+
+        self._kernel = _paged_attention.decode
+
+    def _decode(self, q: torch.Tensor, layer_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+                kv_heads: int) -> torch.Tensor:
+        if q.dtype != torch.float32 or layer_cache.dtype != torch.float32:
+            raise TypeError(f"the cpu attention backend runs in float32, got {q.dtype} / {layer_cache.dtype}")
+        q = q.contiguous()
+        out = torch.empty_like(q)
+        keys, values = layer_cache[0], layer_cache[1]  # [blocks, block_size, kv_heads, head_dim] each
+        tables, ctx = meta.decode_block_tables, meta.decode_context_lens_long
+        rows, heads, head_dim = q.shape
+        # the kernel reads raw memory: make sure every buffer has the layout it assumes
+        for name, t, dtype in (("block tables", tables, torch.long), ("context lengths", ctx, torch.long),
+                               ("KV cache", layer_cache, torch.float32)):
+            if t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu":
+                raise TypeError(f"cpu attention backend: {name} must be contiguous {dtype} on the CPU")
+        if tables.shape[0] != rows or ctx.shape != (rows,):
+            raise ValueError(f"cpu attention backend: {rows} rows but tables {tuple(tables.shape)}, "
+                             f"context lengths {tuple(ctx.shape)}")
+        # the pointers stay valid: every tensor is held by a local until the call returns
+        self._kernel(
+            q.data_ptr(), keys.data_ptr(), values.data_ptr(), out.data_ptr(), tables.data_ptr(),
+            ctx.data_ptr(), rows, tables.shape[1], heads, kv_heads, head_dim, keys.shape[1],
+            meta.sliding_window or 0, scale, torch.get_num_threads(),
+        )
+        return out
+
+
 class FlashAttnBackend:
     """flash-attn 2 paged kernels (CUDA only; not installable on the CPU dev machines)."""
 
     name = "flash"
     needs_masks = False
+    needs_decode_mask = False
 
     def __init__(self) -> None:
         from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
@@ -140,6 +184,7 @@ class XformersBackend:
 
     name = "xformers"
     needs_masks = False
+    needs_decode_mask = False
 
     def __init__(self) -> None:
         import xformers.ops as xops
@@ -173,24 +218,37 @@ class XformersBackend:
         return o[0]
 
 
-def available_backends(device: torch.device) -> list[str]:
+BACKENDS = {
+    "flash": FlashAttnBackend, "xformers": XformersBackend, "cpu": CpuPagedBackend, "sdpa": SdpaBackend,
+}
+
+
+def available_backends(device: torch.device, dtype: torch.dtype = torch.float32) -> list[str]:
+    """Backends that can run on `device` in `dtype`, best first."""
     names = []
     if device.type == "cuda":
         if importlib.util.find_spec("flash_attn") is not None:
             names.append("flash")
         if importlib.util.find_spec("xformers") is not None:
             names.append("xformers")
+    has_kernel = importlib.util.find_spec("selftrain._paged_attention") is not None
+    if device.type == "cpu" and dtype == torch.float32 and has_kernel:
+        names.append("cpu")
     names.append("sdpa")
     return names
 
 
-def make_backend(name: str | None, device: torch.device) -> SdpaBackend | FlashAttnBackend | XformersBackend:
-    """The named backend, or the best available one for `device` when `name` is None."""
-    options = available_backends(device)
+def make_backend(
+    name: str | None, device: torch.device, dtype: torch.dtype = torch.float32
+) -> SdpaBackend | FlashAttnBackend | XformersBackend:
+    """The named backend, or the best available one for `device` and `dtype` when `name` is None."""
+    options = available_backends(device, dtype)
     if name is None:
         name = options[0]
-    if name not in ("flash", "xformers", "sdpa"):
-        raise ValueError(f"attention_backend must be one of flash, xformers, sdpa or None, got {name!r}")
+    if name not in BACKENDS:
+        raise ValueError(f"attention_backend must be one of {', '.join(BACKENDS)} or None, got {name!r}")
     if name not in options:
-        raise ValueError(f"attention backend {name!r} is not available on {device} (available: {options})")
-    return {"flash": FlashAttnBackend, "xformers": XformersBackend, "sdpa": SdpaBackend}[name]()
+        raise ValueError(
+            f"attention backend {name!r} is not available on {device} in {dtype} (available: {options})"
+        )
+    return BACKENDS[name]()

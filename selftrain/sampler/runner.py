@@ -77,7 +77,8 @@ class ModelRunner:
             meta.decode_block_tables = torch.tensor(tables, dtype=table_dtype, device=dev)
             ctx_t = torch.tensor(ctx, device=dev)
             meta.decode_context_lens = ctx_t.to(torch.int32)
-            if masks:
+            meta.decode_context_lens_long = ctx_t
+            if getattr(self.backend, "needs_decode_mask", masks):
                 key_pos = torch.arange(width * bs, device=dev)
                 mask = key_pos[None, :] < ctx_t[:, None]
                 if window:
