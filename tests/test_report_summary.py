@@ -130,3 +130,12 @@ def test_comparison_of_several_paradigms(tmp_path, capsys):
     ).is_file()
     assert report_cli([str(a), str(b), f"out={tmp_path / 'cmp2'}"]) == 0
     assert (tmp_path / "cmp2" / "comparison.md").is_file()
+
+
+def test_small_values_are_not_printed_as_zero():
+    from selftrain.report.summary import _fmt
+
+    assert _fmt(1.9e-06) == "1.9e-06"
+    assert _fmt(0.0) == "0.0000"
+    assert _fmt(0.25) == "0.2500"
+    assert _fmt(12345.0) == "1.234e+04"

@@ -237,11 +237,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (plus one warm-up step)")
     ap.add_argument("--trl-python", default=None, help="python with trl installed (default: auto)")
     ap.add_argument(
-        "--only", default="", help="comma list of variants: selftrain-sft,selftrain-dpo,trl-sft,trl-dpo"
+        "--only",
+        default="",
+        help="comma list of variants: selftrain-sft[-ac],selftrain-dpo[-ac],trl-sft,trl-dpo "
+        "(-ac: with activation checkpointing)",
     )
     ap.add_argument("--sft-micro", type=int, default=1, help="selftrain SFT micro-batch size (sequences)")
     ap.add_argument("--dpo-micro", type=int, default=1, help="selftrain DPO micro-batch size (pairs)")
-    ap.add_argument("--ac", action="store_true", help="selftrain with activation checkpointing")
+    ap.add_argument("--ac", action="store_true", help="every selftrain variant with activation checkpointing")
     ap.add_argument("--timeout", type=int, default=3600)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -256,7 +259,9 @@ def main() -> None:
     sft, pairs = make_data(tok)
     tokens = {"sft": count_tokens(tok, sft, "sft"), "dpo": count_tokens(tok, pairs, "dpo")}
     trl_py = _trl_python(args.trl_python)
-    variants = args.only.split(",") if args.only else ["selftrain-sft", "trl-sft", "selftrain-dpo", "trl-dpo"]
+    variants = args.only.split(",") if args.only else [
+        "selftrain-sft", "selftrain-sft-ac", "trl-sft", "selftrain-dpo", "selftrain-dpo-ac", "trl-dpo"
+    ]
     micro = {"sft": args.sft_micro, "dpo": args.dpo_micro}
     print(
         f"model {MODEL}, batch {BATCH}, responses {RESPONSE_TOKENS} tokens, max length {MAX_LENGTH}, "
@@ -265,18 +270,19 @@ def main() -> None:
     )
     print(
         f"selftrain: micro-batches SFT {args.sft_micro} sequences / DPO {args.dpo_micro} pairs (gradient "
-        f"accumulation up to batch {BATCH}), activation_checkpointing={args.ac}; "
+        f"accumulation up to batch {BATCH}), activation checkpointing only in -ac variants unless --ac; "
         f"TRL: {'python ' + trl_py if trl_py else 'not importable here'} (gradient checkpointing on)"
     )
     results: dict[str, dict] = {}
     for v in variants:
         kind = v.split("-")[1]
+        ac = args.ac or v.endswith("-ac")
         spec = {
             "variant": v,
             "records": sft if kind == "sft" else pairs,
             "steps": args.steps,
             "model_path": model_path,
-            "extra": {"micro_batch_size": micro[kind], "activation_checkpointing": args.ac}
+            "extra": {"micro_batch_size": micro[kind], "activation_checkpointing": ac}
             if v.startswith("selftrain")
             else {},
         }
@@ -284,7 +290,7 @@ def main() -> None:
             ref = TRL_REFERENCE[v]
             results[v] = {**ref, "note": "reference, not measured in this run"}
             print(
-                f"{v:14s} {ref['tokens_per_s']:8.1f} tokens/s  peak {ref['peak_gib']:.2f} GiB  "
+                f"{v:17s} {ref['tokens_per_s']:8.1f} tokens/s  peak {ref['peak_gib']:.2f} GiB  "
                 "(reference, not measured in this run: TRL 1.16 on this machine, issue 5)",
                 flush=True,
             )
@@ -294,19 +300,20 @@ def main() -> None:
         results[v] = r
         ref = f", one-off reference pass {r['ref_s']:.1f} s" if r.get("ref_s") else ""
         print(
-            f"{v:14s} {r['tokens_per_s']:8.1f} tokens/s  peak {r['peak_gib']:.2f} GiB  "
+            f"{v:17s} {r['tokens_per_s']:8.1f} tokens/s  peak {r['peak_gib']:.2f} GiB  "
             f"({r['step_s']:.2f} s/step, {r['wall_s']:.0f} s in all{ref})",
             flush=True,
         )
     for kind, speed_goal, mem_goal in (("sft", 1.2, 0.6), ("dpo", 1.5, 0.6)):
-        a, b = results.get(f"selftrain-{kind}"), results.get(f"trl-{kind}")
-        if a and b:
-            tag = " (vs reference numbers)" if "note" in b else ""
-            print(
-                f"{kind.upper()}: selftrain / TRL = {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s "
-                f"(target >= {speed_goal}x), {a['peak_gib'] / b['peak_gib']:.2f}x peak memory "
-                f"(target <= {mem_goal}x){tag}"
-            )
+        for suffix, what in (("", "no activation checkpointing"), ("-ac", "activation checkpointing")):
+            a, b = results.get(f"selftrain-{kind}{suffix}"), results.get(f"trl-{kind}")
+            if a and b:
+                tag = " (vs reference numbers)" if "note" in b else ""
+                print(
+                    f"{kind.upper()} ({what}): selftrain / TRL = "
+                    f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s (target >= {speed_goal}x), "
+                    f"{a['peak_gib'] / b['peak_gib']:.2f}x peak memory (target <= {mem_goal}x){tag}"
+                )
 
 
 if __name__ == "__main__":

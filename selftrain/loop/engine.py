@@ -42,7 +42,8 @@ def load_task(name: str, options: dict[str, Any]) -> Any:
     return tasks.get_task(name, **options)
 
 
-def _stop_for(task: Any, tokenizer: Any) -> list[str] | None:
+def stop_strings_for(task: Any, tokenizer: Any) -> list[str] | None:
+    """Stop strings for sampling answers to `task` (None: stop at EOS only)."""
     # With a chat template the answer ends at EOS; a plain-text prompt needs the task's stop strings.
     if getattr(tokenizer, "chat_template", None):
         return None
@@ -175,7 +176,7 @@ def load_eval_data(task_name: str, task: Any, data: DataSection, ood: OODSection
         task=task,
         examples=examples,
         prompts=[task.prompt(ex, tokenizer, shots=data.shots) for ex in examples],
-        stop=_stop_for(task, tokenizer),
+        stop=stop_strings_for(task, tokenizer),
         ood_levels=(ood.low_level, ood.high_level),
     )
     if not ood.enabled:
@@ -192,7 +193,7 @@ def load_eval_data(task_name: str, task: Any, data: DataSection, ood: OODSection
     path = ood.path if ood.path is not None or not same_task else data.path
     out.ood_examples = ood_task.load(ood.split, path=path, limit=ood.size)
     out.ood_prompts = [ood_task.prompt(ex, tokenizer, shots=data.shots) for ex in out.ood_examples]
-    out.ood_stop = _stop_for(ood_task, tokenizer)
+    out.ood_stop = stop_strings_for(ood_task, tokenizer)
     return out
 
 
@@ -224,7 +225,7 @@ class LoopEngine:
         self.train_prompts = [
             self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots) for ex in self.train_examples
         ]
-        self.train_stop = _stop_for(self.task, self.tokenizer)
+        self.train_stop = stop_strings_for(self.task, self.tokenizer)
         self.eval_data = load_eval_data(cfg.task, self.task, cfg.data, cfg.ood, self.tokenizer)
         self.samplers = SamplerCache(self.tokenizer, cfg.sampler)
         self.logger = RunLogger(

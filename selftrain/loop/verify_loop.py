@@ -48,7 +48,14 @@ from .config import (
     check_sampling,
     config_differences,
 )
-from .engine import ConfigMismatchError, SamplerCache, _stop_for, load_eval_data, load_task, sample_and_grade
+from .engine import (
+    ConfigMismatchError,
+    SamplerCache,
+    load_eval_data,
+    load_task,
+    sample_and_grade,
+    stop_strings_for,
+)
 from .evaluation import evaluate_model, sample_metrics
 from .stages import run_stage, stage_done
 from .steps import BuildOptions, SampledQuestion, get_step_kind, is_correct
@@ -327,7 +334,7 @@ class IterVerifyEngine:
         if not self.examples:
             raise ValueError(f"task {cfg.task!r} split {cfg.data.train_split!r} has no questions")
         self.prompts = [self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots) for ex in self.examples]
-        self.stop = _stop_for(self.task, self.tokenizer)
+        self.stop = stop_strings_for(self.task, self.tokenizer)
         self.heldout_data = None
         if cfg.heldout.enabled:
             no_ood = OODSection(enabled=False)

@@ -76,6 +76,8 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "–"
+        if value != 0 and abs(value) < 1e-3:  # learning rates and the like would print as 0.0000
+            return f"{value:.3g}"
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
     return str(value)
 
