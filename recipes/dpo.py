@@ -14,8 +14,9 @@ import sys
 from dataclasses import dataclass
 
 from selftrain.config import ConfigError
+from selftrain.dist import exit_with
 from selftrain.train import TrainConfig
-from selftrain.train.recipe import exit_with, run_single_stage
+from selftrain.train.recipe import run_single_stage
 
 
 @dataclass

@@ -447,9 +447,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    if dist.is_initialized():
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
-    sys.exit(code)
+    dist.exit_with(main(sys.argv[1:]))

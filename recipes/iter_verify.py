@@ -35,9 +35,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    if dist.is_initialized():
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
-    sys.exit(code)
+    dist.exit_with(main(sys.argv[1:]))

@@ -12,8 +12,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from selftrain.dist import exit_with
 from selftrain.train import TrainConfig
-from selftrain.train.recipe import exit_with, run_single_stage
+from selftrain.train.recipe import run_single_stage
 
 
 @dataclass

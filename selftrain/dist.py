@@ -97,3 +97,10 @@ def map_sharded(items: Sequence[Any], results_for_shard: Any) -> list[Any]:
         for i, res in zip(shard_indices(len(items), r, world_size()), chunk):
             out[i] = res
     return out
+
+
+def exit_with(code: int) -> None:
+    """The end of a recipe: tear down the process group (if any) and exit with `code`."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    raise SystemExit(code)

@@ -1,45 +1,18 @@
 """iter_verify end to end with the real sampler, MC verifier, trainer (RPO) and W&B offline:
 tiny-random on arith, 2 update rounds, under `torchrun --nproc_per_node=2` (gloo).
 
-The task's gold reward is 1 for about half of all texts (by a CRC of the text), so a random model
-gets non-trivial accuracies, gaps and pass@k; the MC verifier's quantile filter keeps about half of
-each prompt's samples whatever the model says, so every round trains.
+The task is `half_arith` (tests/half_arith.py): its gold reward is 1 for about half of all texts, so
+a random model gets non-trivial accuracies, gaps and pass@k; the MC verifier's quantile filter keeps
+about half of each prompt's samples whatever the model says, so every round trains.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-TORCHRUN = Path(sys.executable).parent / "torchrun"
-
-DRIVER = """
-import runpy
-import sys
-import zlib
-
-import selftrain.tasks as tasks
-from selftrain.tasks.arith import Arith
-
-
-class HalfRewardArith(Arith):
-    name = "half_arith"
-
-    def reward(self, example, response):
-        return 1.0 if zlib.crc32(response.encode()) % 2 == 0 else 0.0
-
-
-tasks._REGISTRY["half_arith"] = HalfRewardArith
-sys.argv = [sys.argv[1], *sys.argv[2:]]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+from half_arith import run_recipe
 
 ARGS = [
     "model=tiny-random",
@@ -65,24 +38,10 @@ SIGNED_KEYS = ("gap",)
 DECOMP_KEYS = ("decomp/improvement", "decomp/prev_gap", "decomp/update_error")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("iter_verify_e2e")
-    driver = tmp / "driver.py"
-    driver.write_text(DRIVER)
-    out = tmp / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", SELFTRAIN_PROGRESS="0", TQDM_DISABLE="1")
-    cmd = [str(TORCHRUN), "--nproc_per_node=2", f"--master_port={_free_port()}", str(driver),
-           str(REPO / "recipes" / "iter_verify.py"), *ARGS, f"out_dir={out}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    out = tmp_path_factory.mktemp("iter_verify_e2e") / "run"
+    proc = run_recipe("iter_verify", [*ARGS, f"out_dir={out}"], procs=2)
     assert "## Per round" in proc.stdout  # the recipe prints the report
     return out
 

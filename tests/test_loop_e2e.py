@@ -1,9 +1,8 @@
 """End to end with the real sampler, trainer, metrics and W&B: tiny-random on arith, T = 2.
 
-The task is arith with one change: its reward is 1 for half of all texts (by a CRC of the text), so
-a random model earns both correct and incorrect samples and every stage has data (with the true
-arith grader tiny-random never scores, every D_t would be empty). Paradigm iter_dpo: M1 = gold SFT,
-M2 = DPO(M1) with reference M1 — the trainer's SFT and DPO paths both run.
+The task is `half_arith` (tests/half_arith.py): arith whose reward is 1 for half of all texts, so a
+random model earns both correct and incorrect samples and every stage has data. Paradigm iter_dpo:
+M1 = gold SFT, M2 = DPO(M1) with reference M1 — the trainer's SFT and DPO paths both run.
 
 1. the run under `torchrun --nproc_per_node=2` (gloo): every metric key present and in range,
    plots, the W&B offline run, report.md;
@@ -21,40 +20,12 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-TORCHRUN = Path(sys.executable).parent / "torchrun"
-
-DRIVER = """
-import sys
-import zlib
-
-import selftrain.tasks as tasks
-from selftrain.tasks.arith import Arith
-
-
-class HalfRewardArith(Arith):
-    name = "half_arith"
-
-    def reward(self, example, response):
-        return 1.0 if zlib.crc32(response.encode()) % 2 == 0 else 0.0
-
-
-tasks._REGISTRY["half_arith"] = HalfRewardArith
-from selftrain.loop.recipe import run_evaluate_recipe, run_loop_recipe  # noqa: E402
-
-if sys.argv[1] == "evaluate":
-    run_evaluate_recipe(sys.argv[2:])
-else:
-    run_loop_recipe(sys.argv[1], sys.argv[2:])
-"""
+from half_arith import REPO, recipe_command, run_recipe, subprocess_env
 
 SHARED = [
     "task=half_arith",
@@ -84,39 +55,6 @@ KILL_POINTS = [
     "iter_2/.eval.partial",
     "iter_2/eval",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        WANDB_MODE="offline",
-        WANDB_SILENT="true",
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        SELFTRAIN_PROGRESS="0",
-        TQDM_DISABLE="1",
-    )
-    return env
-
-
-def _command(driver: Path, args: list[str], procs: int) -> list[str]:
-    if procs == 1:
-        return [sys.executable, str(driver), *args]
-    return [str(TORCHRUN), f"--nproc_per_node={procs}", f"--master_port={_free_port()}", str(driver), *args]
-
-
-def _run(driver: Path, args: list[str], procs: int, timeout: float = 420) -> None:
-    proc = subprocess.run(
-        _command(driver, args, procs), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
 
 def _process_tree(root: int) -> list[int]:
@@ -157,16 +95,9 @@ def _rows(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("driver") / "driver.py"
-    path.write_text(DRIVER)
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference_run(driver, tmp_path_factory) -> Path:
+def reference_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "run"
-    _run(driver, ["iter_dpo", *LOOP, f"out_dir={out}"], procs=2)
+    run_recipe("iter_dpo", [*LOOP, f"out_dir={out}"], procs=2)
     return out
 
 
@@ -228,11 +159,11 @@ def test_two_process_run_writes_every_metric_plot_and_log(reference_run):
     assert "- `pass@1`: **" in report and "correct-answer coverage" in report
 
 
-def test_one_process_evaluation_matches_the_two_process_run(driver, reference_run, tmp_path):
+def test_one_process_evaluation_matches_the_two_process_run(reference_run, tmp_path):
     """recipes/evaluate.py (1 process) on the run's M0 and M1: identical metrics."""
     m1 = reference_run / "iter_1" / "trainer" / "model"
     out = tmp_path / "eval"
-    _run(driver, ["evaluate", *SHARED, f"checkpoints=[tiny-random,{m1}]", f"out_dir={out}"], procs=1)
+    run_recipe("evaluate", [*SHARED, f"checkpoints=[tiny-random,{m1}]", f"out_dir={out}"], procs=1)
     for i in (0, 1):
         one = json.loads((out / f"model_{i}" / "eval" / "metrics.json").read_text())
         two = json.loads((reference_run / f"iter_{i}" / "eval" / "metrics.json").read_text())
@@ -242,15 +173,15 @@ def test_one_process_evaluation_matches_the_two_process_run(driver, reference_ru
     assert (out / "report.md").is_file() and len(_rows(out)) == 2
 
 
-def test_killed_run_resumes_to_the_same_metrics(driver, reference_run, tmp_path):
+def test_killed_run_resumes_to_the_same_metrics(reference_run, tmp_path):
     point = os.environ.get("SELFTRAIN_KILL_POINT") or random.choice(KILL_POINTS)
     assert point in KILL_POINTS, f"SELFTRAIN_KILL_POINT must be one of {KILL_POINTS}"
     out = tmp_path / "run"
-    args = ["iter_dpo", *LOOP, f"out_dir={out}"]
+    args = [*LOOP, f"out_dir={out}"]
     proc = subprocess.Popen(
-        _command(driver, args, 2),
+        recipe_command("iter_dpo", args, 2),
         cwd=REPO,
-        env=_env(),
+        env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -266,7 +197,7 @@ def test_killed_run_resumes_to_the_same_metrics(driver, reference_run, tmp_path)
         _kill_tree(proc.pid)
         proc.wait()
     assert not (out / "iter_2" / "eval" / ".done").exists() or point == "iter_2/eval", point
-    _run(driver, args, procs=2)
+    run_recipe("iter_dpo", args, procs=2)
     expected, got = _rows(reference_run), _rows(out)
     assert [r["iteration"] for r in got] == [0, 1, 2], point
     for want, have in zip(expected, got):

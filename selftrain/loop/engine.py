@@ -167,6 +167,72 @@ def check_or_write_config(root: Path, new: dict[str, Any]) -> None:
         raise ConfigMismatchError(error)
 
 
+def wandb_run_id(root: Path) -> str | None:
+    """One W&B run per experiment: the id is stored beside the run and reused on resume. Collective."""
+    run_id = None
+    if dist.is_main():
+        path = root / "wandb_id.txt"
+        if path.is_file():
+            run_id = path.read_text().strip()
+        else:
+            run_id = uuid.uuid4().hex[:12]
+            write_text_atomic(path, run_id + "\n")
+    return dist.broadcast_object(run_id)
+
+
+def run_logged_stage(root: Path, name: str, compute: Any, describe: Any, label: str) -> Path:
+    """Run one stage under `root` (or skip it when finished) and print `[label] name: summary (time)`."""
+    done = stage_done(root, name)
+    start = time.perf_counter()
+    folder = run_stage(root, name, compute)
+    took = "done earlier, skipped" if done else f"{time.perf_counter() - start:.1f}s"
+    text = describe(folder) if dist.is_main() else ""
+    say(f"[{label}] {name}: {text} ({took})")
+    return folder
+
+
+def skipped_train_result(source: int, reason: str) -> dict[str, Any]:
+    """A train stage's result.json when there was nothing to train on: the model stays `source`."""
+    return {"source": source, "skipped": True, "reason": reason, "steps": 0, "metrics": {}}
+
+
+def train_model(
+    tcfg: Any, base: str, data_path: Path, out_dir: Path, step: Any, source: int, name: str,
+    logger: JsonlTrainLogger,
+) -> dict[str, Any]:
+    """Train `name` from `base` on data_path into out_dir/model with step kind `step`; returns the
+    train stage's result.json record (the model is now `source`). Collective."""
+    from ..train import train
+
+    try:
+        res = train(
+            tcfg,
+            model=base,
+            data=str(data_path),
+            out_dir=str(out_dir),
+            loss=step.loss,
+            ref_model=base if step.needs_reference else None,
+            logger=logger,
+        )
+    finally:
+        logger.finish()
+    if Path(res.checkpoint).resolve() != (out_dir / "model").resolve():
+        raise RuntimeError(f"the trainer saved {name} at {res.checkpoint}, expected {out_dir / 'model'}")
+    # Wall-clock figures differ between a resumed and an uninterrupted run: not kept.
+    kept = {k: v for k, v in res.metrics.items() if "time" not in k and "per_s" not in k}
+    return {"source": source, "skipped": False, "steps": res.steps, "metrics": kept, "loss": step.loss}
+
+
+def describe_train_result(folder: Path, name: str, previous: str) -> str:
+    """The one-line summary of a train stage: steps and last loss, or why it kept `previous`."""
+    res = read_json(folder / "result.json")
+    if res["skipped"]:
+        return f"skipped ({res['reason']}); {name} = {previous}"
+    loss = res["metrics"].get("loss")
+    tail = f", last loss {loss:.4f}" if loss is not None else ""
+    return f"{res['loss']}: {res['steps']} steps{tail}"
+
+
 def load_eval_data(task_name: str, task: Any, data: DataSection, ood: OODSection, tokenizer: Any) -> EvalData:
     """The test questions and (when configured) the OOD questions, with their prompts."""
     examples = task.load(data.test_split, path=data.path, limit=data.test_size)
@@ -247,16 +313,7 @@ class LoopEngine:
         check_or_write_config(self.root, to_dict(self.cfg))
 
     def _wandb_id(self) -> str | None:
-        """One W&B run per experiment: the id is stored beside the run and reused on resume."""
-        run_id = None
-        if dist.is_main():
-            path = self.root / "wandb_id.txt"
-            if path.is_file():
-                run_id = path.read_text().strip()
-            else:
-                run_id = uuid.uuid4().hex[:12]
-                write_text_atomic(path, run_id + "\n")
-        return dist.broadcast_object(run_id)
+        return wandb_run_id(self.root)
 
     def encoder(self) -> Any:
         if self._encoder is None and self.cfg.eval.semantic and dist.is_main():
@@ -270,15 +327,7 @@ class LoopEngine:
         return self.root / f"iter_{t}"
 
     def _stage(self, t: int, name: str, compute: Any, describe: Any) -> Path:
-        """Run one stage (or skip it when finished) and print its one-line summary."""
-        root = self.iter_dir(t)
-        done = stage_done(root, name)
-        start = time.perf_counter()
-        folder = run_stage(root, name, compute)
-        took = "done earlier, skipped" if done else f"{time.perf_counter() - start:.1f}s"
-        text = describe(folder) if dist.is_main() else ""
-        say(f"[iter {t}] {name}: {text} ({took})")
-        return folder
+        return run_logged_stage(self.iter_dir(t), name, compute, describe, f"iter {t}")
 
     def _source_of(self, t: int) -> int:
         """The iteration whose trained checkpoint M_t is (t itself, or earlier after empty D_t's)."""
@@ -371,16 +420,8 @@ class LoopEngine:
         def compute(tmp: Path) -> None:
             stats = read_json(self.iter_dir(t) / "build" / "stats.json")
             if stats["empty"]:
-                result: dict[str, Any] = {
-                    "source": self._source_of(t - 1),
-                    "skipped": True,
-                    "reason": "empty D_t",
-                    "steps": 0,
-                    "metrics": {},
-                }
+                result = skipped_train_result(self._source_of(t - 1), "empty D_t")
             else:
-                from ..train import train
-
                 step = get_step_kind("sft" if kind == GOLD_SFT else kind)
                 section = cfg.sft if step.train_section == "sft" else cfg.dpo
                 tcfg = dataclasses.replace(
@@ -395,42 +436,12 @@ class LoopEngine:
                     desc=f"train M{t} ({step.loss})",
                     show_progress=self.show_progress,
                 )
-                try:
-                    res = train(
-                        tcfg,
-                        model=base,
-                        data=str(data_path),
-                        out_dir=str(out_dir),
-                        loss=step.loss,
-                        ref_model=base if step.needs_reference else None,
-                        logger=log,
-                    )
-                finally:
-                    log.finish()
-                if Path(res.checkpoint).resolve() != (out_dir / "model").resolve():
-                    raise RuntimeError(
-                        f"the trainer saved M_{t} at {res.checkpoint}, expected {out_dir / 'model'}"
-                    )
-                # Wall-clock figures differ between a resumed and an uninterrupted run: not kept.
-                kept = {k: v for k, v in res.metrics.items() if "time" not in k and "per_s" not in k}
-                result = {
-                    "source": t,
-                    "skipped": False,
-                    "steps": res.steps,
-                    "metrics": kept,
-                    "loss": step.loss,
-                }
+                result = train_model(tcfg, base, data_path, out_dir, step, t, f"M_{t}", log)
             if dist.is_main():
                 write_json_atomic(tmp / "result.json", result)
 
         def describe(folder: Path) -> str:
-            res = read_json(folder / "result.json")
-            if res["skipped"]:
-                return f"skipped ({res['reason']}); M_{t} = M_{t - 1}"
-            loss = res["metrics"].get("loss")
-            return f"{res['loss']}: {res['steps']} steps" + (
-                f", last loss {loss:.4f}" if loss is not None else ""
-            )
+            return describe_train_result(folder, f"M_{t}", f"M_{t - 1}")
 
         return self._stage(t, "train", compute, describe)
 

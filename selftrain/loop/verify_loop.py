@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,18 +44,21 @@ from .config import (
     check_eval,
     check_positive,
     check_sampling,
-    config_differences,
 )
 from .engine import (
-    ConfigMismatchError,
     SamplerCache,
+    check_or_write_config,
+    describe_train_result,
     load_eval_data,
     load_task,
+    run_logged_stage,
     sample_and_grade,
+    skipped_train_result,
     stop_strings_for,
+    train_model,
+    wandb_run_id,
 )
 from .evaluation import evaluate_model, sample_metrics
-from .stages import run_stage, stage_done
 from .steps import BuildOptions, SampledQuestion, get_step_kind, is_correct
 
 UPDATES = ("sft", "rpo")
@@ -357,33 +358,10 @@ class IterVerifyEngine:
         )
 
     def _check_or_write_config(self) -> None:
-        new = to_dict(self.cfg)
-        error = None
-        if dist.is_main():
-            path = self.root / "config.json"
-            if path.is_file():
-                diffs = config_differences(read_json(path), new)
-                if diffs:
-                    error = (
-                        f"{self.root} holds a run made with other settings ({', '.join(diffs)} differ from "
-                        f"{path}); use another out_dir= or remove that folder"
-                    )
-            if error is None:
-                write_json_atomic(path, new)
-        error = dist.broadcast_object(error)
-        if error:
-            raise ConfigMismatchError(error)
+        check_or_write_config(self.root, to_dict(self.cfg))
 
     def _wandb_id(self) -> str | None:
-        run_id = None
-        if dist.is_main():
-            path = self.root / "wandb_id.txt"
-            if path.is_file():
-                run_id = path.read_text().strip()
-            else:
-                run_id = uuid.uuid4().hex[:12]
-                write_text_atomic(path, run_id + "\n")
-        return dist.broadcast_object(run_id)
+        return wandb_run_id(self.root)
 
     # ------------------------------------------------------------------ models
     def round_dir(self, t: int) -> Path:
@@ -427,14 +405,7 @@ class IterVerifyEngine:
 
     # ------------------------------------------------------------------ stages
     def _stage(self, t: int, name: str, compute: Any, describe: Any) -> Path:
-        root = self.round_dir(t)
-        done = stage_done(root, name)
-        start = time.perf_counter()
-        folder = run_stage(root, name, compute)
-        took = "done earlier, skipped" if done else f"{time.perf_counter() - start:.1f}s"
-        text = describe(folder) if dist.is_main() else ""
-        say(f"[round {t}] {name}: {text} ({took})")
-        return folder
+        return run_logged_stage(self.round_dir(t), name, compute, describe, f"round {t}")
 
     def _questions(self, t: int) -> list[SampledQuestion]:
         rows = read_jsonl(self.round_dir(t) / "sample" / "samples.jsonl")
@@ -609,52 +580,20 @@ class IterVerifyEngine:
         def compute(tmp: Path) -> None:
             metrics = read_json(self.round_dir(t) / "filter" / "metrics.json")
             if metrics["data/empty"]:
-                result: dict[str, Any] = {
-                    "source": self._source_of(t),
-                    "skipped": True,
-                    "reason": "empty D_t (nothing kept)",
-                    "steps": 0,
-                    "metrics": {},
-                }
+                result = skipped_train_result(self._source_of(t), "empty D_t (nothing kept)")
             else:
-                from ..train import train
-
                 step = get_step_kind(cfg.update)
                 section = getattr(cfg, step.train_section)
                 tcfg = dataclasses.replace(section, seed=derive_seed(cfg.seed, t, "train"))
                 self._release_all()
                 out_dir = self.round_dir(t) / "trainer"
-                res = train(
-                    tcfg,
-                    model=base,
-                    data=str(data_path),
-                    out_dir=str(out_dir),
-                    loss=step.loss,
-                    ref_model=base if step.needs_reference else None,
-                    logger=JsonlTrainLogger(out_dir / "train_log.jsonl"),
-                )
-                if Path(res.checkpoint).resolve() != (out_dir / "model").resolve():
-                    raise RuntimeError(
-                        f"the trainer saved f_{t + 1} at {res.checkpoint}, expected {out_dir / 'model'}"
-                    )
-                kept = {k: v for k, v in res.metrics.items() if "time" not in k and "per_s" not in k}
-                result = {
-                    "source": t + 1,
-                    "skipped": False,
-                    "steps": res.steps,
-                    "metrics": kept,
-                    "loss": step.loss,
-                }
+                log = JsonlTrainLogger(out_dir / "train_log.jsonl")
+                result = train_model(tcfg, base, data_path, out_dir, step, t + 1, f"f_{t + 1}", log)
             if dist.is_main():
                 write_json_atomic(tmp / "result.json", result)
 
         def describe(folder: Path) -> str:
-            res = read_json(folder / "result.json")
-            if res["skipped"]:
-                return f"skipped ({res['reason']}); f_{t + 1} = f_{t}"
-            loss = res["metrics"].get("loss")
-            tail = f", last loss {loss:.4f}" if loss is not None else ""
-            return f"{res['loss']}: {res['steps']} steps{tail}"
+            return describe_train_result(folder, f"f_{t + 1}", f"f_{t}")
 
         return self._stage(t, "train", compute, describe)
 

@@ -93,6 +93,11 @@ class Task:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+def standard_split_files(*splits: str) -> dict[str, tuple[str, ...]]:
+    """`split_files` for datasets whose files are named after their splits (train.jsonl, test*.json...)."""
+    return {split: (f"{split}.jsonl", f"{split}*.jsonl", f"{split}*.json") for split in splits}
+
+
 class FileTask(Task):
     """A task read from a dataset file, a folder holding the split's file, or a hub dataset id.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from selftrain.tasks.base import Example, FileTask
+from selftrain.tasks.base import Example, FileTask, standard_split_files
 from selftrain.tasks.common import (
     Record,
     TaskDataError,
@@ -69,10 +69,7 @@ class GSM8K(FileTask):
     splits = ("train", "test")
     train_split = "train"
     eval_split = "test"
-    split_files = {
-        "train": ("train.jsonl", "train*.jsonl", "train*.json"),
-        "test": ("test.jsonl", "test*.jsonl", "test*.json"),
-    }
+    split_files = standard_split_files("train", "test")
     hub_ids = ("openai/gsm8k",)
     hub_configs = {"openai/gsm8k": ("main",)}
     EXEMPLARS = _EXEMPLARS

@@ -18,7 +18,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable
 
-from selftrain.tasks.base import Example, FileTask
+from selftrain.tasks.base import Example, FileTask, standard_split_files
 from selftrain.tasks.common import (
     Record,
     TaskDataError,
@@ -154,10 +154,7 @@ class HendrycksMath(FileTask):
     splits = ("train", "test")
     train_split = "train"
     eval_split = "test"
-    split_files = {
-        "train": ("train.jsonl", "train*.jsonl", "train*.json"),
-        "test": ("test.jsonl", "test*.jsonl", "test*.json"),
-    }
+    split_files = standard_split_files("train", "test")
     hub_ids = ("EleutherAI/hendrycks_math", "hendrycks/competition_math")
     EXEMPLARS = _EXEMPLARS
     instruction = INSTRUCTION

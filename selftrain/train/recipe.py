@@ -36,12 +36,3 @@ def run_single_stage(
         done = "already complete" if res.skipped else f"{res.steps} steps"
         print(f"{name}: {done}; model at {res.checkpoint}")
     return 0
-
-
-def exit_with(code: int) -> None:
-    """Tear down the process group (if any) and exit with `code`."""
-    if dist.is_initialized():
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
-    sys.exit(code)
