@@ -73,3 +73,30 @@ def test_cpu_backend_is_the_fp32_cpu_default_and_refuses_other_dtypes():
     q, cache, meta = _case(3, 4, 2, 16, 8, None)
     with pytest.raises(TypeError, match="float32"):
         CpuPagedBackend()._decode(q.bfloat16(), cache, meta, 0.25, 2)
+
+
+def test_cpu_kernel_refuses_mismatched_metadata():
+    q, cache, meta = _case(4, 4, 2, 16, 8, None)
+    meta.decode_context_lens_long = meta.decode_context_lens_long[:3]
+    with pytest.raises(ValueError, match="4 rows"):
+        CpuPagedBackend()._decode(q, cache, meta, 0.25, 2)
+    q, cache, meta = _case(4, 4, 2, 16, 8, None)
+    meta.decode_block_tables = meta.decode_block_tables.to(torch.int32)
+    with pytest.raises(TypeError, match="block tables"):
+        CpuPagedBackend()._decode(q, cache, meta, 0.25, 2)
+
+
+@pytest.mark.parametrize("given,expected", [(None, "1000"), ("7", "7")])
+def test_importing_selftrain_sets_a_short_openmp_spin_unless_given(given, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    if given is not None:
+        env["GOMP_SPINCOUNT"] = given
+    out = subprocess.run(
+        [sys.executable, "-c", "import os, selftrain; print(os.environ['GOMP_SPINCOUNT'])"],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == expected
