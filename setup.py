@@ -3,7 +3,7 @@
 `pip install -e .` installs the `selftrain` package, maps the top-level `kernels/` folder to
 `selftrain.kernels` (a top-level `kernels` import name would clash with an unrelated PyPI
 package that transformers probes for) and builds the C parts in `csrc/`: the confined code
-runner and the CPU paged decode-attention kernel.
+runner, the CPU paged decode-attention kernel and the CPU LM-head-to-token kernel.
 """
 
 import platform
@@ -33,7 +33,15 @@ setup(
         Extension(
             "selftrain._paged_attention",
             sources=["csrc/paged_attention.c"],
-            extra_compile_args=["-O3", "-Wall", "-pthread"],
+            depends=["csrc/cpu_simd.h"],
+            extra_compile_args=["-O3", "-Wall", "-Wno-psabi", "-pthread"],
+            extra_link_args=["-pthread"],
+        ),
+        Extension(
+            "selftrain._cpu_logits",
+            sources=["csrc/cpu_logits.c"],
+            depends=["csrc/cpu_simd.h"],
+            extra_compile_args=["-O3", "-Wall", "-Wno-psabi", "-pthread"],
             extra_link_args=["-pthread"],
         ),
     ],

@@ -25,17 +25,9 @@
 #include <Python.h>
 
 #include <math.h>
-#include <pthread.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HAVE_AVX2_BUILD 1
-#endif
-
-#define ALWAYS_INLINE __attribute__((always_inline))
-#define MAX_THREADS 256
+#include "cpu_simd.h"
 
 typedef struct {
     const float *q, *k, *v;
@@ -46,21 +38,6 @@ typedef struct {
     int64_t row_begin, row_end;
     int failed;
 } job_t;
-
-/* Eight floats as one value: GCC/clang turn the arithmetic below into one AVX register op in the
- * AVX2 build and two SSE ops in the baseline one.  Loads and stores go through memcpy (unaligned). */
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-static inline ALWAYS_INLINE v8f load8(const float *p) {
-    v8f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline ALWAYS_INLINE void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
-
-static inline ALWAYS_INLINE v8f splat8(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
 
 static inline ALWAYS_INLINE float dot(const float *a, const float *b, int64_t n) {
     v8f s = splat8(0.0f);
@@ -77,29 +54,6 @@ static inline ALWAYS_INLINE void scale_add(float *y, float alpha, float p, const
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) store8(y + i, load8(y + i) * a + pv * load8(x + i));
     for (; i < n; i++) y[i] = y[i] * alpha + p * x[i];
-}
-
-/* exp(x) for x <= 0 on eight lanes: x = k ln2 + f with |f| <= ln2 / 2, exp(f) by its Taylor series to
- * degree 7 (truncation error < 2e-9 relative, below fp32 rounding), 2^k built in the exponent bits.
- * libm's expf is a scalar call per key and head; it took most of the kernel's time. */
-static inline ALWAYS_INLINE v8f exp8_nonpositive(v8f x) {
-    const v8f lo = splat8(-87.0f);  /* exp(-87) ~ 1.6e-38: still a normal float */
-    const v8i below = x < lo;
-    x = (v8f)(((v8i)x & ~below) | ((v8i)lo & below));
-    const v8f t = x * splat8(1.44269504088896341f);
-    const v8f magic = splat8(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
-    const v8f k = (t + magic) - magic;
-    const v8f f = (x - k * splat8(0.693145751953125f)) - k * splat8(1.42860682030941723212e-6f);
-    v8f p = splat8(1.0f / 5040.0f);
-    p = p * f + splat8(1.0f / 720.0f);
-    p = p * f + splat8(1.0f / 120.0f);
-    p = p * f + splat8(1.0f / 24.0f);
-    p = p * f + splat8(1.0f / 6.0f);
-    p = p * f + splat8(0.5f);
-    p = p * f + splat8(1.0f);
-    p = p * f + splat8(1.0f);
-    const v8i e = (__builtin_convertvector(k, v8i) + 127) << 23;
-    return p * (v8f)e;
 }
 
 static inline ALWAYS_INLINE void attend_rows_impl(job_t *job, float *acc, float *row_max, float *row_sum, float *scores) {
@@ -214,8 +168,6 @@ static PyObject *pa_decode(PyObject *self, PyObject *args) {
     if (threads > rows) threads = rows > 0 ? rows : 1;
     const int64_t *ctx_p = (const int64_t *)(uintptr_t)ctx;
     job_t jobs[MAX_THREADS];
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
     /* contiguous row ranges with about equal numbers of keys (the work is proportional to them) */
@@ -237,16 +189,7 @@ static PyObject *pa_decode(PyObject *self, PyObject *args) {
         while (r < rows && (t == threads - 1 || seen + ctx_p[r] / 2 < goal)) seen += ctx_p[r++];
         j->row_end = r;
     }
-    /* the calling thread takes the first range itself */
-    for (int64_t t = 1; t < threads; t++)
-        started[t] = pthread_create(&tids[t], NULL, run_job, &jobs[t]) == 0;
-    run_job(&jobs[0]);
-    for (int64_t t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(tids[t], NULL);
-        else
-            run_job(&jobs[t]);  /* no thread could be made: do its share here */
-    }
+    run_jobs(run_job, jobs, sizeof(job_t), threads);
     for (int64_t t = 0; t < threads; t++) failed |= jobs[t].failed;
     Py_END_ALLOW_THREADS
     if (failed) return PyErr_NoMemory();
@@ -268,8 +211,7 @@ PyMODINIT_FUNC PyInit__paged_attention(void) {
     if (!m) return NULL;
     const char *isa = "baseline";
 #ifdef HAVE_AVX2_BUILD
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (cpu_has_avx2_fma()) {
         attend_rows = attend_rows_avx2;
         isa = "avx2+fma";
     }

@@ -10,7 +10,9 @@ import socket
 import torch.multiprocessing as mp
 
 PROMPTS = [f"prompt {k}: " + "word " * k for k in range(7)]
-KW = dict(n=2, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=4)
+# T = 0.3 as in test_sampler's exact-equality tests (SHARP_T there): at T ~ 1 tiny-random's nucleus
+# spans ~15k tokens and the ranks' smaller batches change logits at the rounding level
+KW = dict(n=2, temperature=0.3, top_p=0.9, max_new_tokens=8, seed=4)
 
 
 def _run(sampler):

@@ -11,7 +11,7 @@ import torch
 from selftrain.sampler.block_manager import BlockManager
 from selftrain.sampler.config import EngineConfig, SamplingParams
 from selftrain.sampler.runner import ModelRunner
-from selftrain.sampler.sampling import counter_uniform, sample_tokens, token_logprobs
+from selftrain.sampler.sampling import counter_uniform, select_tokens
 from selftrain.sampler.scheduler import EngineStats, Scheduler
 from selftrain.sampler.sequence import Sequence
 
@@ -122,8 +122,8 @@ class Engine:
             [counter_uniform(params.seed, s.prompt_index, s.sample_index, s.num_generated) for s in owners],
             dtype=torch.float64, device=logits.device,
         )
-        tokens = sample_tokens(row_logits, params.temperature, params.top_p, uniforms)
-        logps = token_logprobs(row_logits, tokens).tolist() if params.logprobs else None
+        tokens, logps_t = select_tokens(row_logits, params.temperature, params.top_p, uniforms, params.logprobs)
+        logps = logps_t.tolist() if logps_t is not None else None
         for k, (seq, tok) in enumerate(zip(owners, tokens.tolist())):
             seq.token_ids.append(tok)
             if logps is not None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from selftrain.sampler import cpu_logits
+
 _MASK64 = (1 << 64) - 1
 # the nucleus threshold is looked for among the top _TOPK first; rows needing more sort fully
 _TOPK = 256
@@ -105,3 +107,14 @@ def _draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """The model's own log-probabilities (temperature 1, no top-p) of the chosen tokens."""
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def select_tokens(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor,
+                  logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The engine's token choice: tokens [R] (and their temperature-1 log-probabilities when
+    `logprobs`). fp32 logits on the CPU go through csrc/cpu_logits.c (5-8x faster than the torch
+    code above at 64-400 rows); everything else through `sample_tokens` / `token_logprobs`."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and cpu_logits.available():
+        return cpu_logits.sample(logits.contiguous(), temperature, top_p, uniforms.to(torch.float64), logprobs)
+    tokens = sample_tokens(logits, temperature, top_p, uniforms)
+    return tokens, token_logprobs(logits, tokens) if logprobs else None
