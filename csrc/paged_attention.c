@@ -48,12 +48,68 @@ static inline ALWAYS_INLINE float dot(const float *a, const float *b, int64_t n)
     return tail + ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
-/* y = y * alpha + p * x over n floats */
-static inline ALWAYS_INLINE void scale_add(float *y, float alpha, float p, const float *x, int64_t n) {
-    const v8f a = splat8(alpha), pv = splat8(p);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) store8(y + i, load8(y + i) * a + pv * load8(x + i));
-    for (; i < n; i++) y[i] = y[i] * alpha + p * x[i];
+/* The lane sums of eight vectors, as one vector: out[j] = sum of a[j]'s lanes.  A shuffle tree
+ * (three rounds of pairing) instead of eight separate horizontal sums. */
+#if defined(__clang__) || __GNUC__ >= 12
+#define SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
+static inline ALWAYS_INLINE v8f lane_sums8(const v8f *a) {
+    v8f t[4], u[2];
+    for (int j = 0; j < 4; j++)
+        t[j] = SHUFFLE8(a[2 * j], a[2 * j + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+               SHUFFLE8(a[2 * j], a[2 * j + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    for (int j = 0; j < 2; j++)
+        u[j] = SHUFFLE8(t[2 * j], t[2 * j + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+               SHUFFLE8(t[2 * j], t[2 * j + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    return SHUFFLE8(u[0], u[1], 0, 1, 2, 3, 8, 9, 10, 11) + SHUFFLE8(u[0], u[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+/* s[t] = scale * <q, k_t> for the nt keys k_t = k + t * stride; eight keys at a time when D allows */
+static inline ALWAYS_INLINE void key_scores(float *s, const float *q, const float *k, int64_t stride, int64_t nt,
+                                            int64_t D, float scale) {
+    int64_t t = 0;
+    if (D % 8 == 0) {
+        for (; t + 8 <= nt; t += 8) {
+            v8f a[8];
+            for (int j = 0; j < 8; j++) a[j] = splat8(0.0f);
+            for (int64_t d = 0; d < D; d += 8) {
+                const v8f qd = load8(q + d);
+                for (int j = 0; j < 8; j++) a[j] += qd * load8(k + (t + j) * stride + d);
+            }
+            store8(s + t, lane_sums8(a) * splat8(scale));
+        }
+    }
+    for (; t < nt; t++) s[t] = dot(q, k + t * stride, D) * scale;
+}
+
+/* acc = acc * alpha + sum_t p[t] * v_t over D floats, v_t = v + t * stride; 64 floats at a time
+ * are kept in registers across all the keys */
+static inline ALWAYS_INLINE void accumulate_values(float *acc, float alpha, const float *p, const float *v,
+                                                   int64_t stride, int64_t nt, int64_t D) {
+    int64_t d0 = 0;
+    const v8f va = splat8(alpha);
+    for (; d0 + 64 <= D; d0 += 64) {
+        v8f a[8];
+        for (int j = 0; j < 8; j++) a[j] = load8(acc + d0 + 8 * j) * va;
+        for (int64_t t = 0; t < nt; t++) {
+            const v8f pt = splat8(p[t]);
+            const float *vt = v + t * stride + d0;
+            for (int j = 0; j < 8; j++) a[j] += pt * load8(vt + 8 * j);
+        }
+        for (int j = 0; j < 8; j++) store8(acc + d0 + 8 * j, a[j]);
+    }
+    for (; d0 + 8 <= D; d0 += 8) {
+        v8f a = load8(acc + d0) * va;
+        for (int64_t t = 0; t < nt; t++) a += splat8(p[t]) * load8(v + t * stride + d0);
+        store8(acc + d0, a);
+    }
+    for (; d0 < D; d0++) {
+        float a = acc[d0] * alpha;
+        for (int64_t t = 0; t < nt; t++) a += p[t] * v[t * stride + d0];
+        acc[d0] = a;
+    }
 }
 
 static inline ALWAYS_INLINE void attend_rows_impl(job_t *job, float *acc, float *row_max, float *row_sum, float *scores) {
@@ -77,12 +133,9 @@ static inline ALWAYS_INLINE void attend_rows_impl(job_t *job, float *acc, float 
             const float *vb = job->v + table[b] * block_stride + (t0 - b * BS) * token_stride;
             for (int64_t kvh = 0; kvh < KVH; kvh++) {
                 const int64_t h0 = kvh * group;
-                /* scores of the group's query heads against this block's keys (each key read once) */
-                for (int64_t t = 0; t < nt; t++) {
-                    const float *kt = kb + t * token_stride + kvh * D;
-                    for (int64_t g = 0; g < group; g++)
-                        scores[g * padded + t] = dot(q + (h0 + g) * D, kt, D) * job->scale;
-                }
+                /* scores of the group's query heads against this block's keys (in L1 after the first) */
+                for (int64_t g = 0; g < group; g++)
+                    key_scores(scores + g * padded, q + (h0 + g) * D, kb + kvh * D, token_stride, nt, D, job->scale);
                 for (int64_t g = 0; g < group; g++) {
                     const int64_t h = h0 + g;
                     float *sg = scores + g * padded;
@@ -99,13 +152,7 @@ static inline ALWAYS_INLINE void attend_rows_impl(job_t *job, float *acc, float 
                     for (int64_t t = 0; t < nt; t++) block_sum += sg[t];
                     row_sum[h] = row_sum[h] * alpha + block_sum;
                     row_max[h] = new_max;
-                    /* the first key also applies the rescale of what was summed before */
-                    scale_add(acc + h * D, alpha, sg[0], vb + kvh * D, D);
-                }
-                for (int64_t t = 1; t < nt; t++) {
-                    const float *vt = vb + t * token_stride + kvh * D;
-                    for (int64_t g = 0; g < group; g++)
-                        scale_add(acc + (h0 + g) * D, 1.0f, scores[g * padded + t], vt, D);
+                    accumulate_values(acc + h * D, alpha, sg, vb + kvh * D, token_stride, nt, D);
                 }
             }
         }
