@@ -3,7 +3,8 @@
 `pip install -e .` installs the `selftrain` package, maps the top-level `kernels/` folder to
 `selftrain.kernels` (a top-level `kernels` import name would clash with an unrelated PyPI
 package that transformers probes for) and builds the C parts in `csrc/`: the confined code
-runner, the CPU paged decode-attention kernel and the CPU LM-head-to-token kernel.
+runner and the CPU kernels of the sampler (paged decode attention, fused layer ops, LM head to
+tokens).
 """
 
 import platform
@@ -36,6 +37,12 @@ setup(
             depends=["csrc/cpu_simd.h"],
             extra_compile_args=["-O3", "-Wall", "-Wno-psabi", "-pthread"],
             extra_link_args=["-pthread"],
+        ),
+        Extension(
+            "selftrain._cpu_layer_ops",
+            sources=["csrc/cpu_layer_ops.c"],
+            depends=["csrc/cpu_simd.h"],
+            extra_compile_args=["-O3", "-Wall", "-Wno-psabi"],
         ),
         Extension(
             "selftrain._cpu_logits",

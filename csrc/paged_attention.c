@@ -131,6 +131,16 @@ static inline ALWAYS_INLINE void attend_rows_impl(job_t *job, float *acc, float 
             const int64_t nt = ((b + 1) * BS < n ? (b + 1) * BS : n) - t0;
             const float *kb = job->k + table[b] * block_stride + (t0 - b * BS) * token_stride;
             const float *vb = job->v + table[b] * block_stride + (t0 - b * BS) * token_stride;
+            if ((b + 1) * BS < n) {
+                /* blocks sit at random places in the pool: ask for the next one while this one is
+                 * computed, so its first reads do not wait on memory */
+                const char *nk = (const char *)(job->k + table[b + 1] * block_stride);
+                const char *nv = (const char *)(job->v + table[b + 1] * block_stride);
+                for (int64_t off = 0; off < block_stride * (int64_t)sizeof(float); off += 64) {
+                    __builtin_prefetch(nk + off);
+                    __builtin_prefetch(nv + off);
+                }
+            }
             for (int64_t kvh = 0; kvh < KVH; kvh++) {
                 const int64_t h0 = kvh * group;
                 /* scores of the group's query heads against this block's keys (in L1 after the first) */

@@ -1,11 +1,23 @@
-"""Token selection: top-p nucleus, empirical frequencies (chi-square), counter-based draws."""
+"""Token selection: top-p nucleus, empirical frequencies (chi-square), counter-based draws.
+
+Every selection test runs on both implementations: the plain-torch reference (`sample_tokens`,
+the path off the CPU) and the C kernel (`cpu_logits.sample`, the fp32 CPU path).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from selftrain.sampler import cpu_logits
 from selftrain.sampler.sampling import counter_uniform, sample_tokens
+
+
+def _c_sample(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor) -> torch.Tensor:
+    return cpu_logits.sample(logits.contiguous(), temperature, top_p, u.to(torch.float64))[0]
+
+
+IMPLEMENTATIONS = pytest.mark.parametrize("select", [sample_tokens, _c_sample], ids=["torch", "c"])
 
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -18,13 +30,15 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return keep
 
 
-def _draw(logits: torch.Tensor, temperature: float, top_p: float, draws: int, seed: int) -> torch.Tensor:
+def _draw(select, logits: torch.Tensor, temperature: float, top_p: float, draws: int, seed: int
+          ) -> torch.Tensor:
     u = torch.tensor([counter_uniform(seed, 0, j % 97, j // 97) for j in range(draws)], dtype=torch.float64)
-    return sample_tokens(logits.expand(draws, -1), temperature, top_p, u)
+    return select(logits.expand(draws, -1), temperature, top_p, u)
 
 
+@IMPLEMENTATIONS
 @pytest.mark.parametrize("vocab,temperature,top_p", [(30, 0.8, 0.7), (1000, 1.0, 0.5), (1000, 3.0, 0.98)])
-def test_top_p_frequencies_match_renormalised_nucleus(vocab, temperature, top_p):
+def test_top_p_frequencies_match_renormalised_nucleus(select, vocab, temperature, top_p):
     from scipy.stats import chisquare
 
     g = torch.Generator().manual_seed(vocab)
@@ -33,7 +47,7 @@ def test_top_p_frequencies_match_renormalised_nucleus(vocab, temperature, top_p)
     keep = _nucleus(probs, top_p)
     assert keep.sum() >= 5  # a nucleus worth testing
     draws = 20000
-    tokens = _draw(logits[None], temperature, top_p, draws, seed=vocab)
+    tokens = _draw(select, logits[None], temperature, top_p, draws, seed=vocab)
     counts = torch.bincount(tokens, minlength=vocab)
     assert counts[~keep].sum() == 0, "a token outside the nucleus was drawn"
     expected = probs[keep].double() / probs[keep].double().sum() * draws
@@ -49,22 +63,31 @@ def test_top_p_frequencies_match_renormalised_nucleus(vocab, temperature, top_p)
     assert stat.pvalue > 1e-3, stat
 
 
-def test_greedy_takes_first_maximum():
+@IMPLEMENTATIONS
+def test_greedy_takes_first_maximum(select):
     logits = torch.tensor([[0.0, 2.0, 2.0, 1.0], [5.0, -1.0, 5.0, 0.0]])
-    assert sample_tokens(logits, 0.0, 1.0, torch.zeros(2)).tolist() == [1, 0]
+    assert select(logits, 0.0, 1.0, torch.zeros(2, dtype=torch.float64)).tolist() == [1, 0]
+    # past the vector width too: the first of equal maxima in different lanes and the tail
+    wide = torch.zeros(3, 21)
+    wide[0, [13, 5]] = 1.0
+    wide[1, [20, 19]] = 1.0
+    wide[2, [8, 16, 0]] = 1.0
+    assert select(wide, 0.0, 1.0, torch.zeros(3, dtype=torch.float64)).tolist() == [5, 19, 0]
 
 
-def test_top_p_tiny_keeps_only_the_top_token():
+@IMPLEMENTATIONS
+def test_top_p_tiny_keeps_only_the_top_token(select):
     logits = torch.randn(64, 500)
     u = torch.rand(64, dtype=torch.float64)
-    assert torch.equal(sample_tokens(logits, 1.0, 1e-6, u), logits.argmax(-1))
+    assert torch.equal(select(logits, 1.0, 1e-6, u), logits.argmax(-1))
 
 
-def test_rows_are_independent_of_the_batch():
+@IMPLEMENTATIONS
+def test_rows_are_independent_of_the_batch(select):
     logits = torch.randn(40, 3000) * 0.01  # nearly flat: the hardest case for stability
     u = torch.tensor([counter_uniform(1, i, 0, 0) for i in range(40)], dtype=torch.float64)
-    together = sample_tokens(logits, 1.0, 0.9, u)
-    alone = torch.cat([sample_tokens(logits[i : i + 1], 1.0, 0.9, u[i : i + 1]) for i in range(40)])
+    together = select(logits, 1.0, 0.9, u)
+    alone = torch.cat([select(logits[i : i + 1], 1.0, 0.9, u[i : i + 1]) for i in range(40)])
     assert torch.equal(together, alone)
 
 
@@ -79,11 +102,12 @@ def test_counter_uniform_is_a_pure_function():
     assert abs(mean - 0.5) < 0.01
 
 
-def test_top_k_fast_path_agrees_with_full_vocabulary_reference():
+@IMPLEMENTATIONS
+def test_top_k_fast_path_agrees_with_full_vocabulary_reference(select):
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(300, 5000, generator=g) * 4.0  # peaked rows: nuclei inside the top 256
     u = torch.tensor([counter_uniform(2, i, 0, 0) for i in range(300)], dtype=torch.float64)
-    got = sample_tokens(logits, 0.8, 0.9, u)
+    got = select(logits, 0.8, 0.9, u)
     probs = torch.softmax(logits / 0.8, -1)
     want = []
     for row, ur in zip(probs, u):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from selftrain.sampler import cpu_logits
+from selftrain.sampler import cpu_layer_ops, cpu_logits
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -184,7 +184,10 @@ class Transformer:
         self.q_size = args.num_heads * args.head_dim
         self.kv_size = args.num_kv_heads * args.head_dim
         self.scale = args.head_dim ** -0.5
-        self.vocab_major_head = device.type == "cpu" and dtype == torch.float32 and cpu_logits.available()
+        cpu_fp32 = device.type == "cpu" and dtype == torch.float32
+        # fp32 on CPU: the C kernels (the torch code stays the reference and the path elsewhere)
+        self.vocab_major_head = cpu_fp32 and cpu_logits.available()
+        self.fused_ops = cpu_fp32 and cpu_layer_ops.available()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 meta: Any, backend: Any) -> torch.Tensor:
@@ -196,22 +199,37 @@ class Transformer:
         if P != T:  # zero rows: they pass the projections and MLP, never attention or the output
             x = torch.cat([x, x.new_zeros(P - T, x.shape[1])])
         attn = x.new_zeros(P, self.q_size)
-        cos = self.cos[positions].unsqueeze(1).to(self.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(self.dtype)
+        if not self.fused_ops:  # the torch path gathers the RoPE rows once per step
+            cos = self.cos[positions].unsqueeze(1).to(self.dtype)
+            sin = self.sin[positions].unsqueeze(1).to(self.dtype)
         for i, w in enumerate(self.layers):
-            h = rms_norm(x[:T], w.input_norm, a.rms_norm_eps)
+            h = self._rms_norm(x[:T], w.input_norm)
             qkv = F.linear(h, w.qkv, w.qkv_bias)
-            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = apply_rope(q.view(T, a.num_heads, a.head_dim), cos, sin)
-            k = apply_rope(k.view(T, a.num_kv_heads, a.head_dim), cos, sin)
-            v = v.view(T, a.num_kv_heads, a.head_dim)
+            v = qkv[:, self.q_size + self.kv_size :].view(T, a.num_kv_heads, a.head_dim)
+            if self.fused_ops:
+                q, k = cpu_layer_ops.rope_qk(qkv, self.cos, self.sin, positions, a.num_heads,
+                                             a.num_kv_heads, a.head_dim)
+            else:
+                q = apply_rope(qkv[:, : self.q_size].view(T, a.num_heads, a.head_dim), cos, sin)
+                k = apply_rope(qkv[:, self.q_size : self.q_size + self.kv_size].view(T, a.num_kv_heads, a.head_dim),
+                               cos, sin)
             attn[:T] = backend.attend(q, k, v, kv_cache[i], meta, self.scale).view(T, self.q_size)
             x = x + feature_major_linear(attn, w.o, w.o_bias).t()
-            h = rms_norm(x, w.post_norm, a.rms_norm_eps)
-            gate, up = feature_major_linear(h, w.gate_up).chunk(2, dim=0)
-            # silu(gate) * up is [intermediate, P]: already the layout `down` reads fastest
-            x = x + torch.mm(w.down, F.silu(gate) * up).t()
-        return rms_norm(x[:T], self.final_norm, a.rms_norm_eps)
+            h = self._rms_norm(x, w.post_norm)
+            gate_up = feature_major_linear(h, w.gate_up)
+            if self.fused_ops:
+                act = cpu_layer_ops.silu_mul(gate_up)
+            else:
+                gate, up = gate_up.chunk(2, dim=0)
+                act = F.silu(gate) * up
+            # act is [intermediate, P]: already the layout `down` reads fastest
+            x = x + torch.mm(w.down, act).t()
+        return self._rms_norm(x[:T], self.final_norm)
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.fused_ops:
+            return cpu_layer_ops.rms_norm(x, weight, self.args.rms_norm_eps)
+        return rms_norm(x, weight, self.args.rms_norm_eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits [R, V] in fp32 for the given rows of final hidden states."""
