@@ -213,10 +213,11 @@ def test_other_families_match_hf(family, tok):
 
     if family == "qwen2":
         model = _tiny(tf.Qwen2Config, tf.Qwen2ForCausalLM)  # q/k/v biases
+        g = torch.Generator().manual_seed(1)  # the same model whatever ran before
         with torch.no_grad():
             for layer in model.model.layers:  # HF initialises biases to zero: make them matter
-                layer.self_attn.q_proj.bias.normal_(0, 0.5)
-                layer.self_attn.k_proj.bias.normal_(0, 0.5)
+                layer.self_attn.q_proj.bias.normal_(0, 0.5, generator=g)
+                layer.self_attn.k_proj.bias.normal_(0, 0.5, generator=g)
     elif family == "mistral":
         model = _tiny(tf.MistralConfig, tf.MistralForCausalLM, sliding_window=4096)
     else:

@@ -72,7 +72,8 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate_up [2 * I, ...] split in halves along dim 0 -> [I, ...]."""
     _check("gate_up", gate_up)
     if gate_up.shape[0] % 2:
-        raise ValueError(f"cpu_layer_ops.silu_mul: gate_up's first dim must be even, got {tuple(gate_up.shape)}")
+        raise ValueError(f"cpu_layer_ops.silu_mul: gate_up's first dim must be even, got "
+                         f"{tuple(gate_up.shape)}")
     out = torch.empty((gate_up.shape[0] // 2,) + tuple(gate_up.shape[1:]), dtype=torch.float32)
     _module().silu_mul(gate_up.data_ptr(), out.data_ptr(), out.numel())
     return out

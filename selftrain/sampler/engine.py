@@ -122,8 +122,9 @@ class Engine:
             [counter_uniform(params.seed, s.prompt_index, s.sample_index, s.num_generated) for s in owners],
             dtype=torch.float64, device=logits.device,
         )
-        tokens, logps_t = select_tokens(row_logits, params.temperature, params.top_p, uniforms, params.logprobs)
-        logps = logps_t.tolist() if logps_t is not None else None
+        tokens, token_logps = select_tokens(row_logits, params.temperature, params.top_p, uniforms,
+                                            params.logprobs)
+        logps = token_logps.tolist() if token_logps is not None else None
         for k, (seq, tok) in enumerate(zip(owners, tokens.tolist())):
             seq.token_ids.append(tok)
             if logps is not None:

@@ -211,8 +211,8 @@ class Transformer:
                                              a.num_kv_heads, a.head_dim)
             else:
                 q = apply_rope(qkv[:, : self.q_size].view(T, a.num_heads, a.head_dim), cos, sin)
-                k = apply_rope(qkv[:, self.q_size : self.q_size + self.kv_size].view(T, a.num_kv_heads, a.head_dim),
-                               cos, sin)
+                k_in = qkv[:, self.q_size : self.q_size + self.kv_size]
+                k = apply_rope(k_in.view(T, a.num_kv_heads, a.head_dim), cos, sin)
             attn[:T] = backend.attend(q, k, v, kv_cache[i], meta, self.scale).view(T, self.q_size)
             x = x + feature_major_linear(attn, w.o, w.o_bias).t()
             h = self._rms_norm(x, w.post_norm)

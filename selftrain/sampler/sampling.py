@@ -115,6 +115,7 @@ def select_tokens(logits: torch.Tensor, temperature: float, top_p: float, unifor
     `logprobs`). fp32 logits on the CPU go through csrc/cpu_logits.c (5-8x faster than the torch
     code above at 64-400 rows); everything else through `sample_tokens` / `token_logprobs`."""
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and cpu_logits.available():
-        return cpu_logits.sample(logits.contiguous(), temperature, top_p, uniforms.to(torch.float64), logprobs)
+        uniforms = uniforms.to(torch.float64)
+        return cpu_logits.sample(logits.contiguous(), temperature, top_p, uniforms, logprobs)
     tokens = sample_tokens(logits, temperature, top_p, uniforms)
     return tokens, token_logprobs(logits, tokens) if logprobs else None

@@ -1,0 +1,79 @@
+"""csrc/cpu_layer_ops.c against the torch reference in selftrain/sampler/model.py: RMSNorm, RoPE,
+silu(gate) * up; and the sampler's forward pass with and without the CPU kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selftrain.sampler import cpu_layer_ops
+from selftrain.sampler.model import apply_rope, rms_norm
+
+
+@pytest.mark.parametrize("rows,dim", [(0, 576), (1, 576), (13, 576), (5, 20), (3, 7)])
+def test_rms_norm_matches_reference(rows, dim):
+    x = torch.randn(rows, dim) * 3.0
+    w = torch.randn(dim)
+    got = cpu_layer_ops.rms_norm(x, w, 1e-5)
+    assert torch.allclose(got, rms_norm(x, w, 1e-5), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(9, 3, 64), (4, 4, 20), (2, 1, 6)])
+def test_rope_matches_reference(heads, kv_heads, head_dim):
+    from selftrain.sampler.model import ModelArgs, rope_tables
+
+    args = ModelArgs(vocab_size=10, hidden_size=heads * head_dim, intermediate_size=8, num_layers=1,
+                     num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, rms_norm_eps=1e-5,
+                     rope_theta=10000.0, rope_scaling=None, max_position_embeddings=64,
+                     tie_word_embeddings=True, sliding_window=None)
+    cos, sin = rope_tables(args, 64, torch.device("cpu"))
+    T = 11
+    qkv = torch.randn(T, (heads + 2 * kv_heads) * head_dim)  # q, k, then v (ignored)
+    positions = torch.tensor([0, 5, 63, 2, 2, 17, 30, 1, 8, 44, 9])
+    q, k = cpu_layer_ops.rope_qk(qkv, cos, sin, positions, heads, kv_heads, head_dim)
+    c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+    q_ref = apply_rope(qkv[:, : heads * head_dim].view(T, heads, head_dim), c, s)
+    k_in = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim]
+    k_ref = apply_rope(k_in.view(T, kv_heads, head_dim), c, s)
+    assert torch.allclose(q, q_ref, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(k, k_ref, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="past the 64-row RoPE tables"):
+        cpu_layer_ops.rope_qk(qkv, cos, sin, positions + 1, heads, kv_heads, head_dim)
+
+
+@pytest.mark.parametrize("shape", [(2 * 1536, 64), (2 * 7, 3), (2, 1)])
+def test_silu_mul_matches_reference(shape):
+    gate_up = torch.randn(shape) * 4.0
+    tails = torch.tensor([-100.0, 100.0, 0.0, -0.5])  # far tails of the exp, and zero
+    gate_up.view(-1)[: len(tails)] = tails[: gate_up.numel()]
+    got = cpu_layer_ops.silu_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=0)
+    assert torch.allclose(got, F.silu(gate) * up, atol=1e-6, rtol=1e-5)
+
+
+def test_layer_ops_refuse_bad_input():
+    with pytest.raises(TypeError, match="contiguous"):
+        cpu_layer_ops.rms_norm(torch.randn(8, 4).t(), torch.randn(8), 1e-5)
+    with pytest.raises(TypeError, match="float32"):
+        cpu_layer_ops.silu_mul(torch.randn(4, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="weight"):
+        cpu_layer_ops.rms_norm(torch.randn(2, 8), torch.randn(7), 1e-5)
+    with pytest.raises(ValueError, match="even"):
+        cpu_layer_ops.silu_mul(torch.randn(3, 2))
+
+
+def test_forward_with_and_without_cpu_kernels_agrees():
+    from selftrain.sampler import Sampler
+
+    prompts = ["The quick brown fox", "1 2 3 4", "Hello"]
+    fast = Sampler("tiny-random", kv_cache_tokens=1024)
+    assert fast.model.fused_ops and fast.model.vocab_major_head
+    plain = Sampler("tiny-random", kv_cache_tokens=1024)
+    plain.model.fused_ops = plain.model.vocab_major_head = False  # the torch reference path
+    kwargs = dict(n=2, temperature=0.0, max_new_tokens=12, logprobs=True)
+    a, b = fast.generate(prompts, **kwargs), plain.generate(prompts, **kwargs)
+    for pa, pb in zip(a, b):
+        for ca, cb in zip(pa, pb):
+            assert ca.token_ids == cb.token_ids
+            assert max(abs(x - y) for x, y in zip(ca.logprobs, cb.logprobs)) < 1e-4
