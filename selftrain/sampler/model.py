@@ -4,6 +4,10 @@ Reads top to bottom: config -> RoPE tables -> one decoder layer -> the stack -> 
 HF's own forward has no paged KV cache, so the sampler runs this one. Weights are taken from
 the HF model once: q/k/v and gate/up projections are concatenated so each layer does 4 matmuls.
 Numerics follow HF's fp32 path (RMSNorm in fp32, RoPE on rotate-half layout, GQA head order).
+The o/gate-up/down projections and the LM head run as `W @ x.T` on rows padded to a multiple of 8
+(fastest for BLAS on CPU); in fp32 on the CPU, RMSNorm, RoPE, silu(gate) * up and the head's
+transpose go through C kernels (cpu_layer_ops, cpu_logits) whose references are the torch
+functions here. docs/sampler.md has the measurements behind each choice.
 """
 
 from __future__ import annotations
