@@ -172,21 +172,14 @@ static struct PyModuleDef moduledef = {
     "RMSNorm, RoPE and silu(gate) * up fused for the sampler's CPU fp32 forward pass.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__cpu_layer_ops(void) {
-    PyObject *m = PyModule_Create(&moduledef);
-    if (!m) return NULL;
-    const char *isa = "baseline";
 #ifdef HAVE_AVX2_BUILD
-    if (cpu_has_avx2_fma()) {
-        rms_norm_fn = rms_norm_avx2;
-        rope_fn = rope_avx2;
-        silu_mul_fn = silu_mul_avx2;
-        isa = "avx2+fma";
-    }
-#endif
-    if (PyModule_AddStringConstant(m, "ISA", isa) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+static void use_avx2(void) {
+    rms_norm_fn = rms_norm_avx2;
+    rope_fn = rope_avx2;
+    silu_mul_fn = silu_mul_avx2;
 }
+#else
+static void use_avx2(void) {}
+#endif
+
+PyMODINIT_FUNC PyInit__cpu_layer_ops(void) { return create_kernel_module(&moduledef, use_avx2); }

@@ -336,19 +336,12 @@ static struct PyModuleDef moduledef = {
     "From the LM head's output to next tokens on CPU (fp32): transposition and top-p sampling.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__cpu_logits(void) {
-    PyObject *m = PyModule_Create(&moduledef);
-    if (!m) return NULL;
-    const char *isa = "baseline";
 #ifdef HAVE_AVX2_BUILD
-    if (cpu_has_avx2_fma()) {
-        sample_rows = sample_rows_avx2;
-        isa = "avx2+fma";
-    }
-#endif
-    if (PyModule_AddStringConstant(m, "ISA", isa) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+static void use_avx2(void) {
+    sample_rows = sample_rows_avx2;
 }
+#else
+static void use_avx2(void) {}
+#endif
+
+PyMODINIT_FUNC PyInit__cpu_logits(void) { return create_kernel_module(&moduledef, use_avx2); }

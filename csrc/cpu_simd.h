@@ -89,4 +89,24 @@ static inline int cpu_has_avx2_fma(void) {
 #endif
 }
 
+#ifdef Py_PYTHON_H
+/* A kernel module's PyInit: creates the module, calls use_avx2() (which points the kernel's
+ * function pointers at their AVX2+FMA builds) when the CPU has both, and records which build runs
+ * in the module's ISA attribute. */
+static inline PyObject *create_kernel_module(PyModuleDef *def, void (*use_avx2)(void)) {
+    PyObject *m = PyModule_Create(def);
+    if (!m) return NULL;
+    const char *isa = "baseline";
+    if (cpu_has_avx2_fma()) {
+        use_avx2();
+        isa = "avx2+fma";
+    }
+    if (PyModule_AddStringConstant(m, "ISA", isa) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
+#endif
+
 #endif

@@ -263,19 +263,12 @@ static struct PyModuleDef moduledef = {
     "Decode attention over the paged KV cache on CPU (fp32), reading the blocks in place.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__paged_attention(void) {
-    PyObject *m = PyModule_Create(&moduledef);
-    if (!m) return NULL;
-    const char *isa = "baseline";
 #ifdef HAVE_AVX2_BUILD
-    if (cpu_has_avx2_fma()) {
-        attend_rows = attend_rows_avx2;
-        isa = "avx2+fma";
-    }
-#endif
-    if (PyModule_AddStringConstant(m, "ISA", isa) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+static void use_avx2(void) {
+    attend_rows = attend_rows_avx2;
 }
+#else
+static void use_avx2(void) {}
+#endif
+
+PyMODINIT_FUNC PyInit__paged_attention(void) { return create_kernel_module(&moduledef, use_avx2); }

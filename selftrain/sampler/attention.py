@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from selftrain.sampler import native
+
 
 @dataclass
 class PrefillChunk:
@@ -112,9 +114,7 @@ class CpuPagedBackend(SdpaBackend):
     needs_decode_mask = False
 
     def __init__(self) -> None:
-        from selftrain import _paged_attention
-
-        self._kernel = _paged_attention.decode
+        self._kernel = native.load("_paged_attention").decode
 
     def _decode(self, q: torch.Tensor, layer_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
                 kv_heads: int) -> torch.Tensor:
@@ -231,7 +231,7 @@ def available_backends(device: torch.device, dtype: torch.dtype = torch.float32)
             names.append("flash")
         if importlib.util.find_spec("xformers") is not None:
             names.append("xformers")
-    has_kernel = importlib.util.find_spec("selftrain._paged_attention") is not None
+    has_kernel = native.available("_paged_attention")
     if device.type == "cpu" and dtype == torch.float32 and has_kernel:
         names.append("cpu")
     names.append("sdpa")

@@ -6,31 +6,23 @@ reference and the path everywhere else; `available()` says whether the extension
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-_kernel = None
+from selftrain.sampler import native
+
+EXTENSION = "_cpu_layer_ops"
 
 
 def available() -> bool:
-    return importlib.util.find_spec("selftrain._cpu_layer_ops") is not None
+    return native.available(EXTENSION)
 
 
-def _module():
-    global _kernel
-    if _kernel is None:
-        from selftrain import _cpu_layer_ops
-
-        _kernel = _cpu_layer_ops
-    return _kernel
+def _kernel():
+    return native.load(EXTENSION)
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
-    # the kernel reads raw memory: refuse anything but the layout it assumes
-    if t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous():
-        raise TypeError(f"cpu_layer_ops: {name} must be a contiguous {dtype} CPU tensor, got {t.dtype} "
-                        f"{tuple(t.shape)} on {t.device} (contiguous: {t.is_contiguous()})")
+    native.check_tensor("cpu_layer_ops", name, t, dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -40,7 +32,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dim() != 2 or weight.shape != (x.shape[1],):
         raise ValueError(f"cpu_layer_ops.rms_norm: x {tuple(x.shape)} and weight {tuple(weight.shape)}")
     out = torch.empty_like(x)
-    _module().rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], float(eps))
+    _kernel().rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], float(eps))
     return out
 
 
@@ -63,7 +55,7 @@ def rope_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: 
                          f"{cos.shape[0]}-row RoPE tables")
     q = torch.empty(T, heads, head_dim, dtype=torch.float32)
     k = torch.empty(T, kv_heads, head_dim, dtype=torch.float32)
-    _module().rope(qkv.data_ptr(), q.data_ptr(), k.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+    _kernel().rope(qkv.data_ptr(), q.data_ptr(), k.data_ptr(), cos.data_ptr(), sin.data_ptr(),
                    positions.data_ptr(), T, qkv.shape[1], heads, kv_heads, head_dim)
     return q, k
 
@@ -75,5 +67,5 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"cpu_layer_ops.silu_mul: gate_up's first dim must be even, got "
                          f"{tuple(gate_up.shape)}")
     out = torch.empty((gate_up.shape[0] // 2,) + tuple(gate_up.shape[1:]), dtype=torch.float32)
-    _module().silu_mul(gate_up.data_ptr(), out.data_ptr(), out.numel())
+    _kernel().silu_mul(gate_up.data_ptr(), out.data_ptr(), out.numel())
     return out

@@ -8,31 +8,23 @@ extension was built. The torch code in sampling.py stays the reference and the p
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-_kernel = None
+from selftrain.sampler import native
+
+EXTENSION = "_cpu_logits"
 
 
 def available() -> bool:
-    return importlib.util.find_spec("selftrain._cpu_logits") is not None
+    return native.available(EXTENSION)
 
 
-def _module():
-    global _kernel
-    if _kernel is None:
-        from selftrain import _cpu_logits
-
-        _kernel = _cpu_logits
-    return _kernel
+def _kernel():
+    return native.load(EXTENSION)
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype, dims: int) -> None:
-    # the kernel reads raw memory: refuse anything but the layout it assumes
-    if t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() or t.dim() != dims:
-        raise TypeError(f"cpu_logits: {name} must be a contiguous {dims}-d {dtype} CPU tensor, got "
-                        f"{t.dtype} {tuple(t.shape)} on {t.device} (contiguous: {t.is_contiguous()})")
+    native.check_tensor("cpu_logits", name, t, dtype, dims)
 
 
 def to_rows(vocab_major: torch.Tensor, rows: int | None = None) -> torch.Tensor:
@@ -44,7 +36,7 @@ def to_rows(vocab_major: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     if not 0 <= rows <= C:
         raise ValueError(f"cpu_logits.to_rows: rows must be in [0, {C}], got {rows}")
     out = torch.empty(rows, V, dtype=torch.float32)
-    _module().to_rows(vocab_major.data_ptr(), out.data_ptr(), V, C, rows, torch.get_num_threads())
+    _kernel().to_rows(vocab_major.data_ptr(), out.data_ptr(), V, C, rows, torch.get_num_threads())
     return out
 
 
@@ -59,7 +51,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, uniforms: tor
         raise ValueError(f"cpu_logits: {R} rows of logits but {uniforms.shape[0]} uniforms")
     tokens = torch.empty(R, dtype=torch.long)
     logps = torch.empty(R, dtype=torch.float32) if logprobs else None
-    _module().sample(
+    _kernel().sample(
         logits.data_ptr(), uniforms.data_ptr(), tokens.data_ptr(), 0 if logps is None else logps.data_ptr(),
         R, V, float(temperature), float(top_p), torch.get_num_threads(),
     )
