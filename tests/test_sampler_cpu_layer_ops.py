@@ -77,3 +77,9 @@ def test_forward_with_and_without_cpu_kernels_agrees():
         for ca, cb in zip(pa, pb):
             assert ca.token_ids == cb.token_ids
             assert max(abs(x - y) for x, y in zip(ca.logprobs, cb.logprobs)) < 1e-4
+
+
+def test_rows_are_padded_to_multiples_of_8_from_3_rows():
+    from selftrain.sampler.model import padded_rows
+
+    assert [padded_rows(n) for n in (0, 1, 2, 3, 8, 9, 64, 65)] == [0, 1, 2, 8, 8, 16, 64, 72]
