@@ -2,7 +2,9 @@
 
 Everything works on one process with torch.distributed never initialised: `rank()` is 0,
 `world_size()` is 1 and the gathers return their input. Under torchrun the backend is nccl
-when CUDA is present and gloo otherwise.
+when the device is CUDA and gloo otherwise. The device is this rank's GPU when CUDA is present,
+else the CPU; the environment variable SELFTRAIN_DEVICE (`cpu`, `cuda`) overrides that choice,
+e.g. to run the CPU path on a GPU machine (the test suite sets it to `cpu`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def init_distributed(timeout_s: float = 1800) -> bool:
         return True
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 1:
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if _device_type() == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
@@ -50,8 +52,20 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def _device_type() -> str:
+    forced = os.environ.get("SELFTRAIN_DEVICE", "").strip().lower()
+    if not forced:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if forced not in ("cpu", "cuda"):
+        raise ValueError(f"SELFTRAIN_DEVICE must be 'cpu' or 'cuda', got {forced!r}")
+    if forced == "cuda" and not torch.cuda.is_available():
+        raise ValueError("SELFTRAIN_DEVICE=cuda but torch sees no CUDA device")
+    return forced
+
+
 def default_device() -> torch.device:
-    if torch.cuda.is_available():
+    """This rank's GPU when CUDA is present, else the CPU (SELFTRAIN_DEVICE overrides)."""
+    if _device_type() == "cuda":
         return torch.device("cuda", local_rank() if is_initialized() else torch.cuda.current_device())
     return torch.device("cpu")
 

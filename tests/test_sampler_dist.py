@@ -57,3 +57,24 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
         for a, b in zip(r["probs"], single["probs"]):
             assert all(abs(x - y) <= 1e-6 + 1e-4 * abs(y) for x, y in zip(a, b))
         assert r["prefill"] < single["prefill"]  # each rank ran only its shard
+
+
+def test_selftrain_device_overrides_the_default_device(monkeypatch):
+    import pytest
+    import torch
+
+    from selftrain import dist
+
+    monkeypatch.setenv("SELFTRAIN_DEVICE", "cpu")
+    assert dist.default_device() == torch.device("cpu")
+    monkeypatch.setenv("SELFTRAIN_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="SELFTRAIN_DEVICE must be 'cpu' or 'cuda', got 'tpu'"):
+        dist.default_device()
+    monkeypatch.setenv("SELFTRAIN_DEVICE", "cuda")
+    if torch.cuda.is_available():
+        assert dist.default_device().type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="no CUDA device"):
+            dist.default_device()
+    monkeypatch.delenv("SELFTRAIN_DEVICE")
+    assert dist.default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,10 +8,12 @@ for 64 x 8 it runs 8 prompts (64 rows) per call and, by default, only the first 
 calls (HF is slow; its rate is per token, so a subset measures it).
 
     .venv/bin/python tools/bench_sampler.py [--cases 8x8,64x8] [--max-new-tokens 256]
-        [--no-hf] [--hf-chunks 1] [--threads N] [--model smollm2-135m]
+        [--no-hf] [--hf-chunks 1] [--threads N] [--model smollm2-135m] [--questions FILE]
+        [--device cpu|cuda] [--dtype float32|bfloat16]
 
-On CUDA it also prints decode tokens/s and the fraction of the memory-bandwidth roofline
-(weights + KV read per decode step vs a measured device-to-device copy bandwidth).
+On CUDA (bf16 by default; HF generate then runs on the GPU in the same dtype) it also prints
+decode tokens/s and the fraction of the memory-bandwidth roofline (weights + KV read per decode
+step vs a measured device-to-device copy bandwidth).
 """
 
 from __future__ import annotations  # noqa: I001 (selftrain is imported before torch on purpose)
@@ -40,8 +42,8 @@ FALLBACK_QUESTIONS = [
 ]
 
 
-def load_questions(count: int) -> tuple[list[str], str]:
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+def load_questions(count: int, path: Path | None = None) -> tuple[list[str], str]:
+    path = path or Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
     if path.is_file():
         with open(path) as fh:
             rows = [json.loads(line)["question"] for _, line in zip(range(count), fh)]
@@ -63,11 +65,18 @@ def tokens_until_eos(ids: list[int], eos: set[int]) -> int:
     return len(ids)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bench_selftrain(sampler, prompts, n, args) -> dict:
+    _sync(sampler.device)
     t0 = time.perf_counter()
     before = sampler.stats.generated_tokens
     outs = sampler.generate(prompts, n=n, temperature=0.75, top_p=0.95,
                             max_new_tokens=args.max_new_tokens, seed=0)
+    _sync(sampler.device)
     sec = time.perf_counter() - t0
     tokens = sum(len(c.token_ids) for o in outs for c in o)
     assert tokens == sampler.stats.generated_tokens - before
@@ -81,13 +90,15 @@ def bench_hf(model, tokenizer, prompts, n, args, eos: set[int]) -> dict:
     if len(chunks) > 1:
         chunks = chunks[: args.hf_chunks]
     for chunk in chunks:
-        enc = tokenizer(chunk, return_tensors="pt", padding=True)
+        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
         torch.manual_seed(0)
+        _sync(model.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**enc, do_sample=True, temperature=0.75, top_p=0.95, top_k=0,
                                  max_new_tokens=args.max_new_tokens, num_return_sequences=n,
                                  pad_token_id=tokenizer.pad_token_id)
+        _sync(model.device)
         sec += time.perf_counter() - t0
         width = enc["input_ids"].shape[1]
         tokens += sum(tokens_until_eos(row[width:].tolist(), eos) for row in out)
@@ -150,6 +161,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--max-num-seqs", type=int, default=128)
     ap.add_argument("--kv-cache-tokens", type=int, default=65536)
+    ap.add_argument("--questions", type=Path, default=None, help="GSM8K jsonl (default: ../shared/data)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,17 +172,19 @@ def main() -> None:
 
     tokenizer = load_tokenizer(args.model)
     t0 = time.perf_counter()
-    sampler = Sampler(args.model, max_num_seqs=args.max_num_seqs, kv_cache_tokens=args.kv_cache_tokens)
+    sampler = Sampler(args.model, max_num_seqs=args.max_num_seqs, kv_cache_tokens=args.kv_cache_tokens,
+                      device=args.device, dtype=args.dtype)
     startup = time.perf_counter() - t0
     sampler.generate(["warm up"], max_new_tokens=4)
     print(f"model {args.model}; device {sampler.device}; dtype {sampler.dtype}; "
           f"backend {sampler.backend_name}; torch threads {torch.get_num_threads()}; "
           f"selftrain start-up {startup:.1f} s")
-    hf_model = None if args.no_hf else load_model(args.model)
+    # HF generate runs on the sampler's device in its dtype
+    hf_model = None if args.no_hf else load_model(args.model, dtype=sampler.dtype, device=sampler.device)
     eos = sampler.eos_ids
     for case in args.cases.split(","):
         num_prompts, n = (int(v) for v in case.split("x"))
-        questions, source = load_questions(num_prompts)
+        questions, source = load_questions(num_prompts, args.questions)
         prompts = chat_prompts(tokenizer, questions)
         print(f"\n== {case}: {num_prompts} prompts x n={n}, T=0.75, top-p 0.95, "
               f"max {args.max_new_tokens} new tokens; prompts from {source}")
@@ -182,6 +198,8 @@ def main() -> None:
             print(f"HF generate   {hf['tok_s']:8.1f} generated tok/s  ({hf['tokens']} tokens in "
                   f"{hf['seconds']:.1f} s on {hf['prompts']} of the prompts)")
             print(f"  measured ratio selftrain / HF generate: {ours['tok_s'] / hf['tok_s']:.2f}x")
+        if sampler.device.type != "cpu":  # the vLLM references below are CPU numbers
+            continue
         vl = bench_vllm(resolve_model_path(args.model), prompts, n, args)
         if vl is not None:
             print(f"vLLM          {vl['tok_s']:8.1f} generated tok/s  (measured in this run)")

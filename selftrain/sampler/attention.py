@@ -9,6 +9,9 @@ single-token rows ("decode rows": one query each), then the multi-token prefill 
   from the cache). Its paged kernels need block_size % 256 == 0.
 - `xformers`: CUDA, when flash-attn is missing. Gathers each sequence's K/V from its blocks
   and runs `memory_efficient_attention` with a bottom-right causal block-diagonal mask.
+- `triton`: CUDA without flash-attn (or any device under Triton's interpreter): decode rows through
+  the Triton kernel of `triton_decode.py`, which reads each row's K/V in place from its blocks;
+  prefill chunks through SDPA. Its decode steps can be captured in CUDA graphs.
 - `cpu`: CPU, fp32 (the default there): decode rows through the C kernel of
   `csrc/paged_attention.c`, which reads each row's K/V in place from its blocks (no gather copy);
   prefill chunks through SDPA exactly as `sdpa` does.
@@ -19,6 +22,7 @@ single-token rows ("decode rows": one query each), then the multi-token prefill 
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -65,6 +69,7 @@ class SdpaBackend:
     name = "sdpa"
     needs_masks = True  # additive masks for prefill chunks that start after position 0
     needs_decode_mask = True
+    graph_safe = False  # decode steps may be captured in a CUDA graph
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_cache: torch.Tensor,
                meta: AttentionMetadata, scale: float) -> torch.Tensor:
@@ -142,12 +147,31 @@ class CpuPagedBackend(SdpaBackend):
         return out
 
 
+class TritonPagedBackend(SdpaBackend):
+    """Decode rows through the Triton kernel of `triton_decode.py`, prefill through SDPA."""
+
+    name = "triton"
+    needs_decode_mask = False
+    graph_safe = True
+
+    def __init__(self) -> None:
+        from selftrain.sampler.triton_decode import paged_decode_attention
+
+        self._kernel = paged_decode_attention
+
+    def _decode(self, q: torch.Tensor, layer_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+                kv_heads: int) -> torch.Tensor:
+        return self._kernel(q, layer_cache[0], layer_cache[1], meta.decode_block_tables,
+                            meta.decode_context_lens, scale, meta.sliding_window)
+
+
 class FlashAttnBackend:
     """flash-attn 2 paged kernels (CUDA only; not installable on the CPU dev machines)."""
 
     name = "flash"
     needs_masks = False
     needs_decode_mask = False
+    graph_safe = True
 
     def __init__(self) -> None:
         from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
@@ -185,6 +209,7 @@ class XformersBackend:
     name = "xformers"
     needs_masks = False
     needs_decode_mask = False
+    graph_safe = False
 
     def __init__(self) -> None:
         import xformers.ops as xops
@@ -219,22 +244,29 @@ class XformersBackend:
 
 
 BACKENDS = {
-    "flash": FlashAttnBackend, "xformers": XformersBackend, "cpu": CpuPagedBackend, "sdpa": SdpaBackend,
+    "flash": FlashAttnBackend, "xformers": XformersBackend, "triton": TritonPagedBackend,
+    "cpu": CpuPagedBackend, "sdpa": SdpaBackend,
 }
 
 
 def available_backends(device: torch.device, dtype: torch.dtype = torch.float32) -> list[str]:
     """Backends that can run on `device` in `dtype`, best first."""
     names = []
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        names.append("flash")
+    has_triton = importlib.util.find_spec("triton") is not None
     if device.type == "cuda":
-        if importlib.util.find_spec("flash_attn") is not None:
-            names.append("flash")
+        if has_triton:  # reads K/V in place and can be graph-captured; xformers gathers per sequence
+            names.append("triton")
         if importlib.util.find_spec("xformers") is not None:
             names.append("xformers")
     has_kernel = native.available("_paged_attention")
     if device.type == "cpu" and dtype == torch.float32 and has_kernel:
         names.append("cpu")
     names.append("sdpa")
+    # off CUDA only Triton's interpreter runs the kernel (how the tests run it): never the default
+    if device.type != "cuda" and has_triton and os.environ.get("TRITON_INTERPRET") == "1":
+        names.append("triton")
     return names
 
 

@@ -1,8 +1,9 @@
-"""CUDA graphs for decode-only steps with the flash-attn backend (GPU only).
+"""CUDA graphs for decode-only steps with a graph-safe backend (flash, triton; GPU only).
 
-UNTESTED on the CPU development machines (no CUDA there); kept small on purpose. One graph
-is captured per batch-size bucket; a step with B rows replays the smallest bucket >= B with
-the extra rows pointed at the runner's scratch block, whose outputs are ignored.
+A decode step of a 135M-parameter model is hundreds of small kernels; replaying them as one
+graph removes the launch cost that otherwise dominates. One graph is captured per batch-size
+bucket; a step with B rows replays the smallest bucket >= B with the extra rows pointed at the
+runner's scratch block, whose outputs are ignored. Runs only where CUDA is (tests/test_sampler_cuda.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class DecodeGraphs:
         self.tables = torch.zeros(top, self.width, dtype=torch.int32, device=dev)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
+        self.replays = 0  # decode steps served by a graph (the tests check graphs are used)
         for b in reversed(self.buckets):  # largest first, so smaller graphs reuse its memory pool
             self._capture(b)
 
@@ -79,4 +81,5 @@ class DecodeGraphs:
         self.tables[:b, w:] = 0
         graph, out = self.graphs[bucket]
         graph.replay()
+        self.replays += 1
         return out[:b]

@@ -30,7 +30,7 @@ class ModelRunner:
             dtype=model.dtype, device=self.device,
         )
         self.graphs = None
-        if use_cuda_graphs and self.device.type == "cuda" and getattr(backend, "name", "") == "flash":
+        if use_cuda_graphs and self.device.type == "cuda" and getattr(backend, "graph_safe", False):
             from selftrain.sampler.cuda_graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self, max_batch=config.max_num_seqs)

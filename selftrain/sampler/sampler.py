@@ -45,11 +45,12 @@ class Sampler:
     max_num_seqs: most sequences decoded together; kv_cache_tokens: KV pool size in tokens.
     max_num_batched_tokens: token budget per step (prefill is chunked to fit it).
     block_size: KV block size (default 16; 256 with flash-attn, which needs multiples of 256).
-    attention_backend: "flash" | "xformers" | "cpu" | "sdpa" | None (best available for the device
-        and dtype: flash, then xformers on CUDA; cpu for fp32 on CPU; sdpa anywhere).
+    attention_backend: "flash" | "triton" | "xformers" | "cpu" | "sdpa" | None (best available for
+        the device and dtype: flash, then triton, then xformers on CUDA; cpu for fp32 on CPU; sdpa
+        anywhere).
     max_model_len: context limit (default: the model's max_position_embeddings).
     data_parallel: under torchrun, shard prompts across ranks (results gathered on every rank).
-    cuda_graphs: capture decode steps in CUDA graphs (CUDA + flash-attn only).
+    cuda_graphs: capture decode steps in CUDA graphs (CUDA with the flash or triton backend).
     """
 
     def __init__(
