@@ -11,7 +11,7 @@ import torch
 from selftrain.sampler.block_manager import BlockManager
 from selftrain.sampler.config import EngineConfig, SamplingParams
 from selftrain.sampler.runner import ModelRunner
-from selftrain.sampler.sampling import counter_uniform, select_tokens
+from selftrain.sampler.sampling import counter_uniforms, select_tokens
 from selftrain.sampler.scheduler import EngineStats, Scheduler
 from selftrain.sampler.sequence import Sequence
 
@@ -118,10 +118,10 @@ class Engine:
             row_logits = logits
         else:  # probes dropped out, or a leader's row serves all n samples of its prompt
             row_logits = logits.index_select(0, torch.tensor(rows, device=logits.device))
-        uniforms = torch.tensor(
-            [counter_uniform(params.seed, s.prompt_index, s.sample_index, s.num_generated) for s in owners],
-            dtype=torch.float64, device=logits.device,
-        )
+        uniforms = torch.from_numpy(counter_uniforms(
+            params.seed, [s.prompt_index for s in owners], [s.sample_index for s in owners],
+            [s.num_generated for s in owners],
+        )).to(logits.device)
         tokens, token_logps = select_tokens(row_logits, params.temperature, params.top_p, uniforms,
                                             params.logprobs)
         logps = token_logps.tolist() if token_logps is not None else None

@@ -16,6 +16,9 @@ Each row is processed on its own, so no row depends on the others in the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 from selftrain.sampler import cpu_logits
@@ -25,19 +28,27 @@ _MASK64 = (1 << 64) - 1
 _TOPK = 256
 
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    # uint64 arrays: additions and products wrap mod 2**64 and shifts are logical, as splitmix64 needs
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def counter_uniforms(seed: int, prompt_indices: Sequence[int], sample_indices: Sequence[int],
+                     steps: Sequence[int]) -> np.ndarray:
+    """float64 uniforms in [0, 1), one per (prompt, sample, step) triple, each determined by
+    `seed` and its triple only (53 random bits); vectorised: one call serves a whole step."""
+    h = _splitmix64(np.full(len(steps), seed & _MASK64, dtype=np.uint64))
+    for values in (prompt_indices, sample_indices, steps):
+        h = _splitmix64(h ^ np.asarray(values, dtype=np.int64).astype(np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def counter_uniform(seed: int, prompt_index: int, sample_index: int, step: int) -> float:
-    """A uniform number in [0, 1) determined by its four arguments only (53 random bits)."""
-    h = _splitmix64(seed & _MASK64)
-    for v in (prompt_index, sample_index, step):
-        h = _splitmix64(h ^ (v & _MASK64))
-    return (h >> 11) * (1.0 / (1 << 53))
+    """The uniform of one (seed, prompt, sample, step): `counter_uniforms` for a single triple."""
+    return float(counter_uniforms(seed, [prompt_index], [sample_index], [step])[0])
 
 
 def _threshold(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
