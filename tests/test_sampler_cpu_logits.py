@@ -76,6 +76,21 @@ def test_nucleus_past_the_candidate_thresholds_sorts_the_whole_row():
     assert torch.equal(got, (u * 50_000).floor().long() * 2)
 
 
+@pytest.mark.parametrize("spread", [0.3, 1.0, 3.0])
+def test_flat_rows_select_what_torch_selects(spread):
+    # random-normal logits at small spreads make nuclei of thousands of tokens (the whole-row path
+    # and its radix sort, also its early switch when candidates exceed an eighth of the row); at
+    # 3.0 the candidate sets are a few hundred tokens (the short-array sort)
+    g = torch.Generator().manual_seed(int(spread * 10))
+    logits = torch.randn(24, 49152, generator=g) * spread
+    u = _uniforms(24, seed=3)
+    for temperature, top_p in ((0.75, 0.95), (1.0, 0.5), (1.2, 0.999)):
+        got, lp = cpu_logits.sample(logits, temperature, top_p, u, True)
+        want = sample_tokens(logits, temperature, top_p, u)
+        assert torch.equal(got, want), (temperature, top_p)
+        torch.testing.assert_close(lp, token_logprobs(logits, want), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_selection_is_the_same_for_any_thread_count_and_batch(threads):
     g = torch.Generator().manual_seed(11)
