@@ -63,3 +63,15 @@ def test_default_cuda_sampler_is_bf16_seeded_and_reproducible(hf_cuda, tok):
     again = s.generate(PROMPTS[:4], n=4, max_new_tokens=16, temperature=1.0, top_p=0.9, seed=11)
     assert [[c.token_ids for c in o] for o in first] == [[c.token_ids for c in o] for o in again]
     assert all(len({tuple(c.token_ids) for c in o}) > 1 for o in first)  # the n samples differ
+
+
+def test_gpu_token_selection_equals_the_cpu_reference():
+    from selftrain.sampler.sampling import counter_uniforms, sample_tokens
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(300, 5000, generator=g) * 4.0
+    u = torch.from_numpy(counter_uniforms(2, list(range(300)), [0] * 300, [0] * 300))
+    for temperature, top_p in ((0.8, 0.9), (1.0, 1.0), (0.0, 1.0)):
+        want = sample_tokens(logits, temperature, top_p, u)
+        got = sample_tokens(logits.cuda(), temperature, top_p, u.cuda()).cpu()
+        assert torch.equal(got, want), (temperature, top_p)

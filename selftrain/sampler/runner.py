@@ -61,7 +61,12 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        for s, n in decode + prefill:
+        for s, _ in decode:  # one token each: the common case, kept to plain appends
+            p = s.num_computed
+            ids.append(s.token_ids[p])
+            positions.append(p)
+            slots.append(s.block_table[p // bs] * bs + p % bs)
+        for s, n in prefill:
             start = s.num_computed
             ids += s.token_ids[start : start + n]
             positions += range(start, start + n)

@@ -80,6 +80,14 @@ def sample_tokens(
     if temperature == 0:
         return logits.argmax(-1)
     scaled = logits / temperature
+    if logits.device.type != "cpu":
+        # on a GPU sorting the whole vocabulary is cheap and keeps every shape fixed; the CPU fast
+        # path below picks rows with nonzero(), and each of those waits for the GPU (measured: the
+        # sampler's steps on an H100 are bound by such host work)
+        probs = torch.softmax(scaled, dim=-1)
+        if top_p < 1.0:
+            probs = probs * (probs >= _threshold(torch.sort(probs, dim=-1, descending=True).values, top_p))
+        return _draw(probs, uniforms)
     out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
     rest = torch.arange(logits.shape[0], device=logits.device)
     if top_p < 1.0 and logits.shape[-1] > _TOPK:
