@@ -47,6 +47,14 @@ def test_to_rows_refuses_bad_input():
         cpu_logits.to_rows(torch.randn(100, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="rows must be in"):
         cpu_logits.to_rows(torch.randn(100, 8), 9)
+    with pytest.raises(ValueError, match=r"out must be \[5, 100\]"):
+        cpu_logits.to_rows(torch.randn(100, 8), 5, out=torch.empty(8, 100))
+
+
+def test_to_rows_writes_into_out_when_given():
+    src, out = torch.randn(300, 16), torch.full((11, 300), float("nan"))
+    got = cpu_logits.to_rows(src, 11, out=out)
+    assert got.data_ptr() == out.data_ptr() and torch.equal(out, src[:, :11].t())
 
 
 @pytest.mark.parametrize("temperature,top_p", [(0.75, 0.95), (1.0, 1.0), (0.7, 1.0), (1.3, 0.8), (0.0, 1.0)])
@@ -145,3 +153,16 @@ def test_model_head_equals_f_linear_for_any_row_count(rows):
     got = model.logits(hidden)
     assert got.shape == (rows, model.args.vocab_size)
     assert torch.allclose(got, F.linear(hidden, model.lm_head), atol=1e-5, rtol=1e-5)
+
+
+def test_model_head_reuses_its_buffers_across_steps_and_grows_them():
+    from selftrain.sampler import Sampler
+
+    model = Sampler("tiny-random", kv_cache_tokens=256).model
+    ptrs = []
+    for rows in (64, 13, 64, 100, 7):  # smaller sizes reuse the buffer; 100 rows grows it
+        hidden = torch.randn(rows, model.args.hidden_size)
+        got = model.logits(hidden)
+        assert torch.allclose(got, F.linear(hidden, model.lm_head), atol=1e-5, rtol=1e-5), rows
+        ptrs.append(got.data_ptr())
+    assert ptrs[0] == ptrs[1] == ptrs[2] and ptrs[3] == ptrs[4]

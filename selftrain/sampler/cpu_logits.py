@@ -27,15 +27,21 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, dims: int) -> None:
     native.check_tensor("cpu_logits", name, t, dtype, dims)
 
 
-def to_rows(vocab_major: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-    """[V, C] -> a new contiguous [rows, V]: the transpose of the first `rows` (default all C)
-    columns, on all torch threads."""
+def to_rows(vocab_major: torch.Tensor, rows: int | None = None, out: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """[V, C] -> contiguous [rows, V]: the transpose of the first `rows` (default all C) columns,
+    on all torch threads; written into `out` when given (contiguous fp32 [rows, V])."""
     _check("vocab-major logits", vocab_major, torch.float32, 2)
     V, C = vocab_major.shape
     rows = C if rows is None else rows
     if not 0 <= rows <= C:
         raise ValueError(f"cpu_logits.to_rows: rows must be in [0, {C}], got {rows}")
-    out = torch.empty(rows, V, dtype=torch.float32)
+    if out is None:
+        out = torch.empty(rows, V, dtype=torch.float32)
+    else:
+        _check("out", out, torch.float32, 2)
+        if tuple(out.shape) != (rows, V):
+            raise ValueError(f"cpu_logits.to_rows: out must be [{rows}, {V}], got {tuple(out.shape)}")
     _kernel().to_rows(vocab_major.data_ptr(), out.data_ptr(), V, C, rows, torch.get_num_threads())
     return out
 
