@@ -112,6 +112,22 @@ def test_chunked_prefill_and_small_batches_change_nothing(hf, tok, sampler):
     assert [[c.token_ids for c in s] for s in got] == [[c.token_ids for c in s] for s in ref]
 
 
+def test_decode_batches_respect_max_num_seqs_with_n_samples(hf, tok):
+    # leaders bring n - 1 siblings after their prefill: those seats count before more leaders join
+    s = Sampler(hf, tokenizer=tok, kv_cache_tokens=4096, max_num_seqs=8)
+    sizes = []
+    real_run = s.engine.runner.run
+
+    def spy(batch):
+        sizes.append(len(batch.items))
+        return real_run(batch)
+
+    s.engine.runner.run = spy
+    outs = s.generate(PROMPTS, n=4, temperature=SHARP_T, max_new_tokens=6, seed=1)
+    assert all(len(o) == 4 for o in outs) and max(sizes) <= 8, sizes
+    assert max(sizes) == 8  # and the limit is used
+
+
 def test_batch_invariance(sampler):
     kwargs = dict(n=3, temperature=SHARP_T, top_p=0.9, max_new_tokens=8, seed=7)
     target = "The quick brown fox jumps over the lazy dog and then"

@@ -130,11 +130,14 @@ class Scheduler:
             batch.items.append((seq, n))
             batch.copies += copies
             budget -= n
-        # 3. admit waiting sequences
+        # 3. admit waiting sequences. A leader admitted earlier brings its n - 1 siblings once its
+        # prompt is done, so they hold seats already: without counting them, a step could admit
+        # max_num_seqs leaders and decode n times that many rows later.
+        seats = len(self.running) + sum(s.pending_samples for s in self.running)
         while self.waiting and budget > 0:
             seq = self.waiting[0]
             group = 1 + seq.pending_samples
-            if self.running and len(self.running) + group > self.config.max_num_seqs:
+            if self.running and seats + group > self.config.max_num_seqs:
                 break
             n = min(seq.num_uncomputed, budget)
             if self.running and self.blocks.num_free - self.blocks.blocks_for(n) < self.watermark:
@@ -145,6 +148,7 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
+            seats += group
             batch.items.append((seq, n))
             batch.copies += copies
             budget -= n
