@@ -159,8 +159,10 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--hf-chunks", type=int, default=1, help="8-prompt HF calls measured in the 64x8 case")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--max-num-seqs", type=int, default=128)
-    ap.add_argument("--kv-cache-tokens", type=int, default=65536)
+    # 512: every sequence of the 64 x 8 case decodes in one batch (measured ~10% faster on the
+    # 2-core CPU than 128 rows); the pool holds them all (~7.5 GB in fp32), so nothing is preempted
+    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument("--kv-cache-tokens", type=int, default=163840)
     ap.add_argument("--questions", type=Path, default=None, help="GSM8K jsonl (default: ../shared/data)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
