@@ -43,10 +43,20 @@ FALLBACK_QUESTIONS = [
 
 
 def load_questions(count: int, path: Path | None = None) -> tuple[list[str], str]:
+    """`count` questions from a GSM8K-style jsonl (`path`, else ../shared/data when present, else
+    built-in ones). A given path that cannot be read is an error, never a silent fallback."""
+    if path is not None and not path.is_file():
+        raise SystemExit(f"--questions: no such file: {path}")
     path = path or Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
     if path.is_file():
+        rows = []
         with open(path) as fh:
-            rows = [json.loads(line)["question"] for _, line in zip(range(count), fh)]
+            for line_no, line in zip(range(1, count + 1), fh):
+                try:
+                    rows.append(json.loads(line)["question"])
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    problem = f"not a JSON object with a 'question' field ({e})"
+                    raise SystemExit(f"{path}:{line_no}: {problem}") from e
         return rows, str(path)
     qs = [FALLBACK_QUESTIONS[k % len(FALLBACK_QUESTIONS)] + f" (Problem {k + 1}.)" if k >= 8 else
           FALLBACK_QUESTIONS[k] for k in range(count)]

@@ -84,10 +84,7 @@ def sample_tokens(
         # on a GPU sorting the whole vocabulary is cheap and keeps every shape fixed; the CPU fast
         # path below picks rows with nonzero(), and each of those waits for the GPU (measured: the
         # sampler's steps on an H100 are bound by such host work)
-        probs = torch.softmax(scaled, dim=-1)
-        if top_p < 1.0:
-            probs = probs * (probs >= _threshold(torch.sort(probs, dim=-1, descending=True).values, top_p))
-        return _draw(probs, uniforms)
+        return _draw_full_vocabulary(scaled, top_p, uniforms, sort_whole=True)
     out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
     rest = torch.arange(logits.shape[0], device=logits.device)
     if top_p < 1.0 and logits.shape[-1] > _TOPK:
@@ -104,11 +101,22 @@ def sample_tokens(
             out[rows] = ids_by_id.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
         rest = (~inside).squeeze(-1).nonzero().squeeze(-1)
     if rest.numel():
-        probs = torch.softmax(scaled[rest], dim=-1)
-        if top_p < 1.0:
-            probs = probs * (probs >= nucleus_threshold(probs, top_p))
-        out[rest] = _draw(probs, uniforms[rest])
+        out[rest] = _draw_full_vocabulary(scaled[rest], top_p, uniforms[rest], sort_whole=False)
     return out
+
+
+def _draw_full_vocabulary(scaled: torch.Tensor, top_p: float, uniforms: torch.Tensor,
+                          sort_whole: bool) -> torch.Tensor:
+    """Token ids [R] from temperature-scaled logits over the whole vocabulary; the nucleus
+    threshold from a full sort (`sort_whole`, fixed shapes) or from `nucleus_threshold`."""
+    probs = torch.softmax(scaled, dim=-1)
+    if top_p < 1.0:
+        if sort_whole:
+            thresh = _threshold(torch.sort(probs, dim=-1, descending=True).values, top_p)
+        else:
+            thresh = nucleus_threshold(probs, top_p)
+        probs = probs * (probs >= thresh)
+    return _draw(probs, uniforms)
 
 
 def _draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
