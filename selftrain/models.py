@@ -8,6 +8,11 @@ Built-in names:
   a file lock, so an interrupted first run or two ranks starting together never leave a broken cache.
 - `tiny-random`: a seeded, randomly initialised 2-layer Llama (hidden 64) with the SmolLM2
   tokenizer, cached the same way; for fast tests.
+
+A PEFT adapter folder (`adapter_config.json`, as `selftrain.train` writes for LoRA runs) is
+accepted wherever a model is: `load_model` loads the base it names (itself possibly an adapter
+folder: the loop chains them) and merges the adapter into it in fp32, so every consumer (the
+sampler above all) sees one plain HF model and keeps its one forward path.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -28,6 +33,7 @@ TINY_RANDOM = "tiny-random"
 BUILTIN_MODELS = (SMOLLM2, TINY_RANDOM)
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DONE = ".selftrain-complete"
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's file: an adapter folder rather than a full model
 
 
 class ModelLoadError(RuntimeError):
@@ -60,6 +66,20 @@ def _publish_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_folder(write: Callable[[Path], None], path: str | os.PathLike) -> Path:
+    """Run `write(tmp)` on a temp folder beside `path`, then rename it into place with the done
+    marker: a crash never leaves a half-written folder at `path`."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        write(tmp)
+        _publish_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def _gguf_location() -> tuple[Path, str]:
@@ -169,8 +189,11 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         return str(builtin_path(s))
     p = Path(s).expanduser()
     if p.exists():
-        if not p.is_dir() or not (p / "config.json").is_file():
-            raise ModelLoadError(f"model path {p} is not a Hugging Face model folder (no config.json)")
+        if not p.is_dir() or not ((p / "config.json").is_file() or (p / ADAPTER_CONFIG).is_file()):
+            raise ModelLoadError(
+                f"model path {p} is not a Hugging Face model folder (no config.json) "
+                f"nor a PEFT adapter folder (no {ADAPTER_CONFIG})"
+            )
         return str(p)
     looks_like_hub_id = s.count("/") == 1 and not s.startswith((".", "/", "~"))
     if not looks_like_hub_id:
@@ -181,10 +204,35 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     return s
 
 
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / ADAPTER_CONFIG).is_file() and not (p / "config.json").is_file()
+
+
+def adapter_base(path: str | os.PathLike) -> str:
+    """The model an adapter folder adapts: `base_model_name_or_path` of its adapter_config.json
+    (a built-in name, a hub id, an absolute folder, or a folder relative to the adapter's)."""
+    cfg_file = Path(path) / ADAPTER_CONFIG
+    try:
+        base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{cfg_file}: cannot read it ({e})") from e
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(
+            f"{cfg_file}: base_model_name_or_path is missing; cannot tell which model the adapter adapts"
+        )
+    relative = (Path(path) / base).resolve()
+    if not Path(base).is_absolute() and base not in BUILTIN_MODELS and relative.is_dir():
+        return str(relative)
+    return base
+
+
 def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
+    if is_adapter_folder(path) and not (Path(path) / "tokenizer_config.json").is_file():
+        return load_tokenizer(adapter_base(path))
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - re-raised with the path named
@@ -205,11 +253,35 @@ def load_model(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     path = resolve_model_path(name_or_path)
+    if is_adapter_folder(path):
+        return merge_adapter(load_model(adapter_base(path), torch.float32, "cpu"), path).to(
+            device=device, dtype=dtype
+        ).eval()
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as e:  # noqa: BLE001 - re-raised with the path named
         raise ModelLoadError(f"cannot load model from {path}: {type(e).__name__}: {e}") from e
     return model.to(device).eval()
+
+
+def merge_adapter(model: Any, adapter: str | os.PathLike) -> Any:
+    """`model` with the PEFT adapter folder `adapter` merged into its weights (W + scale * B A, in
+    the model's dtype: callers pass fp32, so merging adds one rounding of fp32 per weight)."""
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter))
+    except Exception as e:  # noqa: BLE001 - re-raised with the folder named
+        raise ModelLoadError(f"cannot load the adapter {adapter}: {type(e).__name__}: {e}") from e
+    return peft_model.merge_and_unload()
+
+
+def declared_dtype(model: Any) -> torch.dtype:
+    """The dtype the model's config declares (float32 when it says nothing usable)."""
+    declared = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+    if isinstance(declared, str):
+        declared = getattr(torch, declared, None)
+    return declared if isinstance(declared, torch.dtype) and declared.is_floating_point else torch.float32
 
 
 def _save_folder(model: Any, tokenizer: Any, dest: Path, max_shard_size: str = "2GB") -> None:
@@ -225,15 +297,10 @@ def save_checkpoint(model: Any, tokenizer: Any, path: str | os.PathLike, max_sha
     Written to a temp folder beside `path` and renamed into place: a crash never leaves a
     half-written checkpoint at `path`. Call on one process with a full (unsharded) model.
     """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
+    def write(tmp: Path) -> None:
         _save_folder(model, tokenizer, tmp, max_shard_size=max_shard_size)
-        _publish_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return publish_folder(write, path)
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
@@ -241,5 +308,8 @@ def is_complete_checkpoint(path: str | os.PathLike) -> bool:
 
 
 def model_summary(path: str | os.PathLike) -> dict[str, Any]:
-    cfg = json.loads((Path(resolve_model_path(path)) / "config.json").read_text())
+    folder = resolve_model_path(path)
+    if is_adapter_folder(folder):
+        return model_summary(adapter_base(folder))
+    cfg = json.loads((Path(folder) / "config.json").read_text())
     return {k: cfg.get(k) for k in ("architectures", "hidden_size", "num_hidden_layers", "vocab_size")}

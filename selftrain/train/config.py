@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .lora import LoraConfig
+
 DTYPES = ("auto", "float32", "bfloat16")
 WANDB_MODES = ("offline", "online", "disabled")
 LOSSES = ("sft", "dpo", "rpo")
@@ -46,6 +48,7 @@ class TrainConfig:
     wandb_project: str = "selftrain"
     log_every: int = 1
     max_steps: int = 0  # 0 = no limit; otherwise the run (and its lr schedule) stops there
+    lora: LoraConfig | None = None  # LoRA / QLoRA adapters (selftrain.train.lora); None = full fine-tuning
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -74,6 +77,7 @@ class TrainConfig:
         need(self.wandb_mode in WANDB_MODES, "wandb_mode", f"must be one of {', '.join(WANDB_MODES)}")
         need(self.log_every >= 1, "log_every", "must be >= 1")
         need(self.max_steps >= 0, "max_steps", "must be >= 0 (0 = no limit)")
+        self.lora = LoraConfig.of(self.lora)  # a mapping when read back from a saved config
 
     # Settings that change the trained weights: a saved state written under other values of these
     # is not resumed (it would silently mix two runs).
@@ -87,7 +91,10 @@ class TrainConfig:
             "activation_checkpointing",
             "micro_batch_size",
         }
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        key = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if key["lora"] is not None:
+            key["lora"].pop("merged")  # an extra output folder, not the weights
+        return key
 
 
 def train_config_of(cfg: Any) -> TrainConfig:

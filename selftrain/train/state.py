@@ -7,6 +7,9 @@ has finished writing, then `latest` is replaced atomically: a kill at any moment
 previous save intact and never a half-written one that looks complete. DCP saves each rank's
 shards (no gather on one rank) and reshards on load, so a run may resume on another world size.
 All ranks must see the same file system (one node, or a shared folder).
+
+A LoRA run (`trainable_only=True`) saves and restores only the tensors that train (the adapters
+and their optimizer state): the frozen base is rebuilt from its own files, so a save is megabytes.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ def latest_state(root: Path) -> Path | None:
     return folder if (folder / "meta.json").is_file() else None
 
 
+def _options(trainable_only: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # strict=False on load: the frozen tensors are absent from a trainable-only save by design
+    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
+
+
 def save_state(
     root: Path,
     step: int,
@@ -58,6 +68,7 @@ def save_state(
     optimizer: torch.optim.Optimizer,
     meta: dict[str, Any],
     keep: int,
+    trainable_only: bool = False,
 ) -> Path:
     """Save everything needed to continue after `step`. Collective."""
     import torch.distributed.checkpoint as dcp
@@ -69,7 +80,7 @@ def save_state(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    model_sd, optim_sd = get_state_dict(scorer, optimizer)
+    model_sd, optim_sd = get_state_dict(scorer, optimizer, options=_options(trainable_only))
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     rngs = dist.gather_objects(_rng_state())
     if dist.is_main():
@@ -86,17 +97,22 @@ def save_state(
     return final
 
 
-def load_state(folder: Path, scorer: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_state(
+    folder: Path, scorer: nn.Module, optimizer: torch.optim.Optimizer, trainable_only: bool = False
+) -> dict[str, Any]:
     """Restore model, optimizer and RNG from `folder`; return its meta (with the step). Collective."""
     import json
 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_sd, optim_sd = get_state_dict(scorer, optimizer)
+    opts = _options(trainable_only)
+    model_sd, optim_sd = get_state_dict(scorer, optimizer, options=opts)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(scorer, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(
+        scorer, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=opts
+    )
     meta = json.loads((folder / "meta.json").read_text())
     rngs = torch.load(folder / "rng.pt", weights_only=False)
     if len(rngs) == dist.world_size():

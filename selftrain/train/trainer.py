@@ -25,8 +25,9 @@ import torch
 
 from .. import dist
 from .. import kernels as K
-from ..models import is_complete_checkpoint, load_model, load_tokenizer, save_checkpoint
+from ..models import declared_dtype, is_complete_checkpoint, load_model, load_tokenizer, save_checkpoint
 from ..report import RunLogger, write_json_atomic
+from . import lora as lora_io
 from . import state as state_io
 from .config import LOSSES, TrainConfig
 from .data import (
@@ -209,12 +210,27 @@ class _Step:
         return dict(zip(self.names, totals))
 
 
-def _save_dtype(model: torch.nn.Module) -> torch.dtype:
-    """Save in the dtype the source checkpoint declares (float32 when it says nothing usable)."""
-    declared = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
-    if isinstance(declared, str):
-        declared = getattr(torch, declared, None)
-    return declared if isinstance(declared, torch.dtype) and declared.is_floating_point else torch.float32
+def _save_full_model(
+    scorer: SequenceScorer, config_template: Any, save_dtype: torch.dtype, tokenizer: Any, final_dir: Path
+) -> None:
+    """The trained model as an HF folder (gathered to rank 0 under FSDP2). Collective."""
+    full = full_model_state_dict(scorer)
+    if dist.is_main():
+        if not dist.is_initialized() and save_dtype == torch.float32:
+            to_save = scorer.model  # the plain model itself: no second copy needed
+        else:
+            to_save = hf_model_from_state_dict(config_template, full, save_dtype)
+        del full
+        save_checkpoint(to_save, tokenizer, final_dir)
+
+
+def _save_lora(scorer: SequenceScorer, peft_model: Any, lcfg: Any, tokenizer: Any, out: Path) -> None:
+    """The adapter in PEFT's format at out/model (and base + adapter at out/merged when asked). Collective."""
+    adapter = lora_io.trainable_state_dict(scorer.model)
+    if dist.is_main():
+        lora_io.save_adapter(peft_model, adapter, tokenizer, out / "model")
+        if lcfg.merged:
+            lora_io.save_merged(out / "model", out / lora_io.MERGED_DIR)
 
 
 def _read_result(out: Path) -> TrainResult:
@@ -255,6 +271,13 @@ def train(
     cdtype = compute_dtype(cfg.dtype, device)
     world = dist.world_size()
 
+    lcfg = cfg.lora
+    other_ref = ref_model and lora_io.base_name(ref_model) != lora_io.base_name(model)
+    if lcfg is not None and kind == "dpo" and other_ref:
+        raise ValueError(
+            f"ref_model={ref_model!r}: with a lora section the DPO reference is the trained model "
+            f"({model!r}) with its adapter disabled; leave ref_model unset"
+        )
     data_stats: dict[str, Any] = {
         "data/records": tok_stats.records,
         "data/examples": len(examples),
@@ -262,21 +285,35 @@ def train(
         "data/truncated_responses": tok_stats.truncated_responses,
     }
     ref = None
-    if kind == "dpo":
+
+    def score_reference(policy: tuple[Any, Any] | None) -> torch.Tensor:
         t_ref = time.perf_counter()
-        ref, hit, ref_path = reference_logps(
-            examples, digest, ref_model or model, data, out, cdtype, device, cfg.micro_batch_size, pad_id
+        logps, hit, _ = reference_logps(
+            examples, digest, ref_model or model, data, out, cdtype, device, cfg.micro_batch_size, pad_id,
+            policy=policy,
         )
         data_stats["ref/cache_hit"] = int(hit)
         data_stats["ref/time_s"] = time.perf_counter() - t_ref
+        return logps
+
+    if kind == "dpo" and lcfg is None:  # before the policy loads: the reference model is freed first
+        ref = score_reference(None)
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    hf = load_model(model, dtype=torch.float32, device="cpu")
-    save_dtype = _save_dtype(hf)
-    config_template = hf.config
-    scorer = wrap_for_training(hf, cdtype, device, cfg.activation_checkpointing)
-    del hf
+    peft_model = None
+    if lcfg is None:
+        hf = load_model(model, dtype=torch.float32, device="cpu")
+        save_dtype = declared_dtype(hf)
+        config_template = hf.config
+        scorer = wrap_for_training(hf, cdtype, device, cfg.activation_checkpointing)
+        del hf
+    else:
+        scorer, peft_model = lora_io.build_policy(
+            model, lcfg, cdtype, device, cfg.activation_checkpointing, out
+        )
+        if kind == "dpo":  # the same weights with the adapter bypassed: no second model
+            ref = score_reference((scorer, peft_model))
     optimizer = _make_optimizer(scorer, cfg)
 
     spe = steps_per_epoch(len(examples), cfg.global_batch_size)
@@ -302,7 +339,8 @@ def train(
                 f"{latest} was saved by a run with other settings, data or model; remove {state_root} "
                 f"or choose another out_dir"
             )
-        start = int(state_io.load_state(Path(latest), scorer, optimizer)["step"])
+        saved_state = state_io.load_state(Path(latest), scorer, optimizer, trainable_only=lcfg is not None)
+        start = int(saved_state["step"])
 
     own_logger = logger is None
     if own_logger:
@@ -379,18 +417,16 @@ def train(
                 last = row
             if cfg.save_every and done % cfg.save_every == 0 and done < total:
                 state_io.save_state(
-                    state_root, done, scorer, optimizer, {"run_key": run_key}, cfg.keep_states
+                    state_root, done, scorer, optimizer, {"run_key": run_key}, cfg.keep_states,
+                    trainable_only=lcfg is not None,
                 )
 
         del optimizer
-        full = full_model_state_dict(scorer)
+        if lcfg is None:
+            _save_full_model(scorer, config_template, save_dtype, tokenizer, final_dir)
+        else:
+            _save_lora(scorer, peft_model, lcfg, tokenizer, out)
         if dist.is_main():
-            if not dist.is_initialized() and save_dtype == torch.float32:
-                to_save = scorer.model  # the plain model itself: no second copy needed
-            else:
-                to_save = hf_model_from_state_dict(config_template, full, save_dtype)
-            del full
-            save_checkpoint(to_save, tokenizer, final_dir)
             write_json_atomic(out / RESULT_FILE, {"steps": total, "metrics": last})
             shutil.rmtree(state_root, ignore_errors=True)
         dist.barrier()
