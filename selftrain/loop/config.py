@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..train.config import TrainConfig
+from ..train.lora import LoraConfig
 
 
 @dataclass
@@ -105,6 +106,9 @@ class LoopConfig:
         default_factory=lambda: TrainConfig(lr=2e-7, epochs=1, global_batch_size=32, beta=0.3)
     )
     wandb: WandbSection = field(default_factory=WandbSection)
+    # LoRA / QLoRA for every training step (None = full fine-tuning). M_t is then an adapter whose
+    # base is M_{t-1} (docs/training.md, "LoRA and QLoRA": how iterations chain adapters).
+    lora: LoraConfig | None = None
     # Modules imported before anything else: they register tasks, step kinds or paradigms
     # (docs/extending.md). Dotted module names importable from the working directory / sys.path.
     plugins: list[str] = field(default_factory=list)
@@ -123,6 +127,11 @@ class LoopConfig:
             raise ValueError(
                 f"max_pairs_per_question={self.max_pairs_per_question}: must be >= 1 (or null for all)"
             )
+        for section in ("sft", "dpo"):
+            if getattr(self, section).lora is not None:
+                raise ValueError(
+                    f"{section}.lora: set LoRA once, in the top-level lora: section (used by every step)"
+                )
         check_eval(self.eval)
         check_sampling(
             self.sampling.temperature, self.sampling.top_p, self.sampling.max_new_tokens, "sampling"

@@ -425,7 +425,8 @@ class LoopEngine:
                 step = get_step_kind("sft" if kind == GOLD_SFT else kind)
                 section = cfg.sft if step.train_section == "sft" else cfg.dpo
                 tcfg = dataclasses.replace(
-                    section, **{**step.train_overrides, "seed": derive_seed(cfg.seed, t, "train")}
+                    section,
+                    **{**step.train_overrides, "seed": derive_seed(cfg.seed, t, "train"), "lora": cfg.lora},
                 )
                 self.samplers.release()
                 out_dir = self.iter_dir(t) / "trainer"
