@@ -61,7 +61,7 @@ setup(
         "math-verify",
         "gguf",
         "accelerate",
-        # LoRA / QLoRA adapters (selftrain.train.lora); transformers 5 needs PEFT 0.18+ (0.18.1 guards its imports)
+        # LoRA / QLoRA adapters (selftrain.train.lora); transformers 5 needs PEFT >= 0.18.1
         "peft>=0.18.1",
         "matplotlib",
         "datasets",

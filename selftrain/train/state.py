@@ -61,6 +61,13 @@ def _options(trainable_only: bool) -> Any:
     return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
 
 
+def _trainable(model_sd: dict[str, Any], scorer: nn.Module) -> dict[str, Any]:
+    # ignore_frozen_params misses a frozen weight tied to another (the LM head of a tied model:
+    # named_parameters lists it once, under the embedding), so filter by name as well
+    names = {n for n, p in scorer.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model_sd.items() if k in names}
+
+
 def save_state(
     root: Path,
     step: int,
@@ -81,6 +88,7 @@ def save_state(
         tmp.mkdir(parents=True)
     dist.barrier()
     model_sd, optim_sd = get_state_dict(scorer, optimizer, options=_options(trainable_only))
+    model_sd = _trainable(model_sd, scorer) if trainable_only else model_sd
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     rngs = dist.gather_objects(_rng_state())
     if dist.is_main():
@@ -108,6 +116,7 @@ def load_state(
 
     opts = _options(trainable_only)
     model_sd, optim_sd = get_state_dict(scorer, optimizer, options=opts)
+    model_sd = _trainable(model_sd, scorer) if trainable_only else model_sd
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(folder))
     set_state_dict(
