@@ -15,6 +15,12 @@ TRL runs when `trl` imports in --trl-python (default: this interpreter, else /wo
 when it exists); both sides use fp32 on CPU; TRL with gradient checkpointing on, as in its
 measured reference. TRL's DPOTrainer keeps a second (reference) model in memory and scores the
 reference every step; selftrain scores the reference once, caches it and frees the model.
+
+LoRA variants (`-lora`: r = 16, alpha = 32, no dropout, every attention and MLP projection) run
+the same batch and token counting: selftrain's adapters through PEFT under its own trainer, and
+TRL's SFTTrainer / DPOTrainer given the same `peft_config` (TRL then scores the reference with
+the adapter disabled, as selftrain does). Without trl importable, the TRL LoRA variants are
+skipped with the reason printed (no reference numbers exist for them).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ BATCH = 4
 MAX_LENGTH = 512
 RESPONSE_TOKENS = (100, 133, 166, 200)
 # Measured on this machine with TRL 1.16 (issue 5 / MACHINE_NOTES.md); printed when TRL cannot run here.
+LORA = {"r": 16, "alpha": 32.0, "dropout": 0.0}  # target_modules: selftrain's default, all projections
 TRL_REFERENCE = {
     "trl-sft": {"tokens_per_s": 118.0, "peak_gib": 4.1},
     "trl-dpo": {"tokens_per_s": 86.0, "peak_gib": 6.2},
@@ -172,6 +179,7 @@ def worker_trl(kind: str, records: list[dict], steps: int, model_path: str, extr
             train_dataset=data,
             processing_class=tok,
             callbacks=[Clock()],
+            peft_config=_trl_peft_config(extra),
         )
     else:
         from trl import DPOConfig, DPOTrainer
@@ -183,11 +191,30 @@ def worker_trl(kind: str, records: list[dict], steps: int, model_path: str, extr
             train_dataset=data,
             processing_class=tok,
             callbacks=[Clock()],
+            peft_config=_trl_peft_config(extra),
         )
     trainer.train()
     wall = time.perf_counter() - t0
     times = [b - a for a, b in zip(stamps[0::2], stamps[1::2])][1:]
     return {"step_s": sum(times) / len(times), "wall_s": wall}
+
+
+def _trl_peft_config(extra: dict):
+    if "lora" not in extra:
+        return None
+    from peft import LoraConfig
+
+    from selftrain.train.lora import DEFAULT_TARGETS
+
+    lora = extra["lora"]
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=list(DEFAULT_TARGETS),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def run_worker(spec: dict) -> None:
@@ -239,7 +266,8 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default="",
-        help="comma list of variants: selftrain-sft[-ac],selftrain-dpo[-ac],trl-sft,trl-dpo "
+        help="comma list of variants: selftrain-sft[-ac],selftrain-dpo[-ac],trl-sft,trl-dpo, and the "
+        "LoRA ones selftrain-sft-lora,selftrain-dpo-lora,trl-sft-lora,trl-dpo-lora "
         "(-ac: with activation checkpointing)",
     )
     ap.add_argument("--sft-micro", type=int, default=1, help="selftrain SFT micro-batch size (sequences)")
@@ -260,7 +288,8 @@ def main() -> None:
     tokens = {"sft": count_tokens(tok, sft, "sft"), "dpo": count_tokens(tok, pairs, "dpo")}
     trl_py = _trl_python(args.trl_python)
     variants = args.only.split(",") if args.only else [
-        "selftrain-sft", "selftrain-sft-ac", "trl-sft", "selftrain-dpo", "selftrain-dpo-ac", "trl-dpo"
+        "selftrain-sft", "selftrain-sft-ac", "trl-sft", "selftrain-dpo", "selftrain-dpo-ac", "trl-dpo",
+        "selftrain-sft-lora", "trl-sft-lora", "selftrain-dpo-lora", "trl-dpo-lora",
     ]
     micro = {"sft": args.sft_micro, "dpo": args.dpo_micro}
     print(
@@ -277,15 +306,19 @@ def main() -> None:
     for v in variants:
         kind = v.split("-")[1]
         ac = args.ac or v.endswith("-ac")
+        lora = {"lora": dict(LORA)} if v.endswith("-lora") else {}
         spec = {
             "variant": v,
             "records": sft if kind == "sft" else pairs,
             "steps": args.steps,
             "model_path": model_path,
-            "extra": {"micro_batch_size": micro[kind], "activation_checkpointing": ac}
+            "extra": {"micro_batch_size": micro[kind], "activation_checkpointing": ac, **lora}
             if v.startswith("selftrain")
-            else {},
+            else lora,
         }
+        if v.startswith("trl") and not trl_py and v not in TRL_REFERENCE:
+            print(f"{v:17s} skipped: trl is not importable here (pip install trl to measure it)", flush=True)
+            continue
         if v.startswith("trl") and not trl_py:
             ref = TRL_REFERENCE[v]
             results[v] = {**ref, "note": "reference, not measured in this run"}
@@ -314,6 +347,27 @@ def main() -> None:
                     f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s (target >= {speed_goal}x), "
                     f"{a['peak_gib'] / b['peak_gib']:.2f}x peak memory (target <= {mem_goal}x){tag}"
                 )
+    a, b = results.get("selftrain-dpo-lora"), results.get("trl-dpo-lora")
+    if a and b:
+        print(
+            f"LoRA DPO: selftrain / TRL+PEFT = {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s "
+            f"(target >= 1.5x), {a['peak_gib'] / b['peak_gib']:.2f}x peak memory (target <= 0.7x)"
+        )
+    a, b = results.get("selftrain-sft-lora"), results.get("trl-sft-lora")
+    if a and b:
+        print(
+            f"LoRA SFT: selftrain / TRL+PEFT = {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
+            f"{a['peak_gib'] / b['peak_gib']:.2f}x peak memory"
+        )
+    for kind, goal in (("sft", 0.6), ("dpo", None)):
+        a, b = results.get(f"selftrain-{kind}-lora"), results.get(f"selftrain-{kind}")
+        if a and b:
+            target = f" (target <= {goal}x)" if goal else ""
+            print(
+                f"{kind.upper()}: selftrain LoRA / full fine-tuning = "
+                f"{a['peak_gib'] / b['peak_gib']:.2f}x peak memory{target}, "
+                f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s"
+            )
 
 
 if __name__ == "__main__":
