@@ -39,7 +39,8 @@ class Sampler:
     """Batched generation with a paged KV cache, prefix sharing and continuous batching.
 
     model_or_name: a loaded HF causal LM (Llama / Mistral / Qwen2 family), an HF folder, a hub
-        id, or a built-in name of `selftrain.models` ("smollm2-135m", "tiny-random").
+        id, a built-in name of `selftrain.models` ("smollm2-135m", "tiny-random"), or a PEFT
+        adapter folder (its base with the adapter merged into the weights at load).
     dtype: compute dtype; default fp32 on CPU, bf16 (fp16 without bf16) on CUDA.
     device: default `selftrain.dist.default_device()`.
     max_num_seqs: most sequences decoded together; kv_cache_tokens: KV pool size in tokens.
