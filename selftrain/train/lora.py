@@ -171,7 +171,7 @@ def load_quantized_base(model: str, device: torch.device, work_dir: Path) -> nn.
             load_model(path, torch.float32, "cpu").save_pretrained(tmp, safe_serialization=True)
             path = tmp
         base = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=qcfg, dtype=torch.bfloat16, device_map={"": device}
+            path, quantization_config=qcfg, dtype=torch.bfloat16, device_map={"": str(device)}
         )
     return base
 
