@@ -154,8 +154,8 @@ def test_lora_sft_memorises_and_trains_only_the_adapter(sft_run):
         want = peft_model(input_ids=probe).logits
         got = merged(input_ids=probe).logits
     # merged W + s*B@A against PEFT's unmerged x@W + s*(x@A)@B: each product rounds differently, by
-    # ~EPS32 * sqrt(K) relative per dot product (K <= 128 here), compounded over 2 layers and the
-    # head: 1e-5 relative to the logits' scale covers it with room
+    # ~EPS32 * sqrt(K) ~ 7e-7 relative per dot product (K <= 128 here), compounded over the 2
+    # layers' ~8 products and the head: 1e-5 of the logits' scale (measured: 1.2e-6)
     scale = want.abs().max().item()
     torch.testing.assert_close(got, want, atol=1e-5 * scale, rtol=0)
 
@@ -179,10 +179,12 @@ def test_sampler_on_the_adapter_equals_peft(sft_run):
         with torch.no_grad():
             want = torch.softmax(peft_model(input_ids=ids).logits[0, -1].double(), -1)
         got = torch.tensor(row, dtype=torch.float64)
-        # fp32 logits from two summation orders differ by ~EPS32 * |logit| * sqrt(K) per product;
-        # a probability p moves by p * (logit error); |logits| <= ~40 here, so 1e-5 * p + 1e-9
-        # bounds it with a wide margin, and a token whose probability is ~1 is held to 1e-5
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+        # The sampler's own forward already differs from HF's in summation order (fused q/k/v,
+        # feature-major products, C kernels): tests/test_sampler.py holds its next-token
+        # probabilities to HF's at rtol 1e-4 / atol 1e-7 on the plain model, and this is the
+        # same bound. Merging adds one fp32 rounding per weight (relative 6e-8), which moves a
+        # logit by ~6e-8 of its size (|logits| < 10 here): two orders below it. Measured: 8e-6.
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
     outs = sampler.generate(prompts, max_new_tokens=20, temperature=0.0)
     for p, out in zip(prompts, outs):
         ids = torch.tensor([tok(p)["input_ids"]])
