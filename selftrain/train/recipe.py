@@ -29,7 +29,7 @@ def run_single_stage(
     dist.init_distributed()
     try:
         res = train(train_config_of(cfg), cfg.model, cfg.data, cfg.out, loss=loss, ref_model=ref_of(cfg))
-    except (DataError, ModelLoadError, NonFiniteError) as e:
+    except (DataError, ModelLoadError, NonFiniteError, ValueError) as e:  # ValueError: a setting (lora.*)
         print(f"{name}: {e}", file=sys.stderr)
         return 2
     if dist.is_main():
