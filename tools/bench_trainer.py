@@ -267,7 +267,7 @@ def main() -> None:
         "--only",
         default="",
         help="comma list of variants: selftrain-sft[-ac],selftrain-dpo[-ac],trl-sft,trl-dpo, and the "
-        "LoRA ones selftrain-sft-lora,selftrain-dpo-lora,trl-sft-lora,trl-dpo-lora "
+        "LoRA ones selftrain-sft-lora[-ac],selftrain-dpo-lora[-ac],trl-sft-lora,trl-dpo-lora "
         "(-ac: with activation checkpointing)",
     )
     ap.add_argument("--sft-micro", type=int, default=1, help="selftrain SFT micro-batch size (sequences)")
@@ -289,7 +289,8 @@ def main() -> None:
     trl_py = _trl_python(args.trl_python)
     variants = args.only.split(",") if args.only else [
         "selftrain-sft", "selftrain-sft-ac", "trl-sft", "selftrain-dpo", "selftrain-dpo-ac", "trl-dpo",
-        "selftrain-sft-lora", "trl-sft-lora", "selftrain-dpo-lora", "trl-dpo-lora",
+        "selftrain-sft-lora", "selftrain-sft-lora-ac", "trl-sft-lora",
+        "selftrain-dpo-lora", "selftrain-dpo-lora-ac", "trl-dpo-lora",
     ]
     micro = {"sft": args.sft_micro, "dpo": args.dpo_micro}
     print(
@@ -305,8 +306,9 @@ def main() -> None:
     results: dict[str, dict] = {}
     for v in variants:
         kind = v.split("-")[1]
-        ac = args.ac or v.endswith("-ac")
-        lora = {"lora": dict(LORA)} if v.endswith("-lora") else {}
+        parts = v.split("-")[2:]  # suffixes: -lora, -ac, in either order
+        ac = args.ac or "ac" in parts
+        lora = {"lora": dict(LORA)} if "lora" in parts else {}
         spec = {
             "variant": v,
             "records": sft if kind == "sft" else pairs,
@@ -347,18 +349,15 @@ def main() -> None:
                     f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s (target >= {speed_goal}x), "
                     f"{a['peak_gib'] / b['peak_gib']:.2f}x peak memory (target <= {mem_goal}x){tag}"
                 )
-    a, b = results.get("selftrain-dpo-lora"), results.get("trl-dpo-lora")
-    if a and b:
-        print(
-            f"LoRA DPO: selftrain / TRL+PEFT = {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s "
-            f"(target >= 1.5x), {a['peak_gib'] / b['peak_gib']:.2f}x peak memory (target <= 0.7x)"
-        )
-    a, b = results.get("selftrain-sft-lora"), results.get("trl-sft-lora")
-    if a and b:
-        print(
-            f"LoRA SFT: selftrain / TRL+PEFT = {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
-            f"{a['peak_gib'] / b['peak_gib']:.2f}x peak memory"
-        )
+    for kind, goals in (("sft", ""), ("dpo", " (targets >= 1.5x tokens/s, <= 0.7x memory)")):
+        for suffix in ("", "-ac"):
+            a, b = results.get(f"selftrain-{kind}-lora{suffix}"), results.get(f"trl-{kind}-lora")
+            if a and b:
+                print(
+                    f"LoRA {kind.upper()}{suffix}: selftrain / TRL+PEFT = "
+                    f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
+                    f"{a['peak_gib'] / b['peak_gib']:.2f}x peak memory{goals}"
+                )
     for kind, goal in (("sft", 0.6), ("dpo", None)):
         a, b = results.get(f"selftrain-{kind}-lora"), results.get(f"selftrain-{kind}")
         if a and b:
