@@ -167,6 +167,7 @@ def load_quantized_base(model: str, device: torch.device, work_dir: Path) -> nn.
     path = resolve_model_path(model)
     with contextlib.ExitStack() as stack:
         if is_adapter_folder(path):
+            work_dir.mkdir(parents=True, exist_ok=True)
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=".merged-", dir=work_dir))
             load_model(path, torch.float32, "cpu").save_pretrained(tmp, safe_serialization=True)
             path = tmp
