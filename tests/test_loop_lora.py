@@ -62,3 +62,35 @@ def test_lora_loop_runs_end_to_end_chains_adapters_and_resumes(tmp_path):
     again = run_recipe("iter_sft_dpo", [*ARGS, f"out_dir={out}"], procs=1)
     assert "done earlier, skipped" in again.stdout + again.stderr
     assert _rows(out) == rows
+
+
+def test_iter_verify_with_lora_trains_adapters_round_by_round(tmp_path):
+    """Paper B's loop takes the same top-level lora section: f_{t+1} is an adapter on f_t."""
+    out = tmp_path / "iv"
+    args = [
+        "model=tiny-random",
+        "task=half_arith",
+        "iterations=2",
+        "n_samples=4",
+        "filter=mc:top=0.5",
+        "update=rpo",
+        "max_pairs_per_question=2",
+        "data.task_options={train_size: 4, test_size: 1, ood_size_per_level: 1}",
+        "sampling.max_new_tokens=8",
+        "verify.max_new_tokens=8",
+        "dpo.global_batch_size=4",
+        "dpo.lr=1e-4",
+        "lora.r=4",
+        f"out_dir={out}",
+    ]
+    run_recipe("iter_verify", args, procs=1)
+    bases = []
+    for t in (0, 1):
+        result = json.loads((out / f"round_{t}" / "train" / "result.json").read_text())
+        adapter = out / f"round_{t}" / "trainer" / "model"
+        if result["skipped"]:  # nothing kept: f_{t+1} = f_t, no adapter this round
+            continue
+        meta = json.loads((adapter / "adapter_config.json").read_text())
+        assert meta["r"] == 4 and not (adapter / "config.json").exists()
+        bases.append(meta["base_model_name_or_path"])
+    assert bases and bases[0] == "tiny-random"

@@ -127,11 +127,7 @@ class LoopConfig:
             raise ValueError(
                 f"max_pairs_per_question={self.max_pairs_per_question}: must be >= 1 (or null for all)"
             )
-        for section in ("sft", "dpo"):
-            if getattr(self, section).lora is not None:
-                raise ValueError(
-                    f"{section}.lora: set LoRA once, in the top-level lora: section (used by every step)"
-                )
+        check_lora_sections(self)
         check_eval(self.eval)
         check_sampling(
             self.sampling.temperature, self.sampling.top_p, self.sampling.max_new_tokens, "sampling"
@@ -158,6 +154,15 @@ def import_plugins(modules: list[str]) -> None:
             importlib.import_module(name)
         except ImportError as e:
             raise ValueError(f"plugins: cannot import {name!r} ({e})") from e
+
+
+def check_lora_sections(cfg: Any) -> None:
+    """LoRA is one top-level `lora:` section of a loop config, used by every training step."""
+    for section in ("sft", "dpo"):
+        if getattr(cfg, section).lora is not None:
+            raise ValueError(
+                f"{section}.lora: set LoRA once, in the top-level lora: section (used by every step)"
+            )
 
 
 def check_positive(obj: Any, *names: str) -> None:

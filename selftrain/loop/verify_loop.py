@@ -33,6 +33,7 @@ from .. import dist
 from ..config import to_dict
 from ..report.logger import RunLogger, write_json_atomic, write_text_atomic
 from ..train.config import TrainConfig
+from ..train.lora import LoraConfig
 from .artifacts import JsonlTrainLogger, derive_seed, read_json, read_jsonl, say, write_jsonl_atomic
 from .config import (
     DataSection,
@@ -42,6 +43,7 @@ from .config import (
     SamplingSection,
     WandbSection,
     check_eval,
+    check_lora_sections,
     check_positive,
     check_sampling,
 )
@@ -154,11 +156,13 @@ class IterVerifyConfig:
     dpo: RPOConfig = field(default_factory=RPOConfig)
     heldout: HeldoutSection = field(default_factory=HeldoutSection)
     wandb: WandbSection = field(default_factory=WandbSection)
+    lora: LoraConfig | None = None  # LoRA / QLoRA for every update, as in the loop (docs/training.md)
 
     def __post_init__(self) -> None:
         from ..verify import parse_filter, verifier_names
 
         check_positive(self, "iterations", "n_samples")
+        check_lora_sections(self)
         if self.update not in UPDATES:
             raise ValueError(f"update={self.update!r}: choose from {', '.join(UPDATES)}")
         if self.max_pairs_per_question is not None and self.max_pairs_per_question < 1:
@@ -584,7 +588,7 @@ class IterVerifyEngine:
             else:
                 step = get_step_kind(cfg.update)
                 section = getattr(cfg, step.train_section)
-                tcfg = dataclasses.replace(section, seed=derive_seed(cfg.seed, t, "train"))
+                tcfg = dataclasses.replace(section, seed=derive_seed(cfg.seed, t, "train"), lora=cfg.lora)
                 self._release_all()
                 out_dir = self.round_dir(t) / "trainer"
                 log = JsonlTrainLogger(out_dir / "train_log.jsonl")
