@@ -140,3 +140,71 @@ def assert_matmul_close(got: torch.Tensor, want: torch.Tensor, a: torch.Tensor, 
     err = (got.double() - want.double()).abs()
     worst = float((err - bound).max())
     assert worst <= 0, f"|diff| exceeds the rounding bound by {worst:.3g} (max |diff| {float(err.max()):.3g})"
+
+
+def assert_as_accurate(got: torch.Tensor, reference: torch.Tensor, truth: torch.Tensor, scale: float,
+                       factor: float = 4.0, ulps: float = 8.0) -> None:
+    """`got` (our fp32 path) is as accurate as `reference` (torch's fp32 path of the same math),
+    both measured against `truth` (the same reference computed in float64):
+    max|got - truth| <= factor * max|reference - truth| + ulps * eps * scale.
+
+    For computations too deep for a useful closed-form bound (a whole network, attention over a
+    long context) this is the portable form: both fp32 paths round on the same host, so when a
+    host's kernels round more (or less), the allowance moves with them. `scale` is the magnitude
+    of the values compared; the ulps term covers results the reference happens to get exact.
+    """
+    err = float((got.double() - truth.double()).abs().max()) if got.numel() else 0.0
+    ref_err = float((reference.double() - truth.double()).abs().max()) if got.numel() else 0.0
+    allowed = factor * ref_err + ulps * EPS32 * scale
+    assert err <= allowed, (
+        f"max error {err:.3g} vs float64; torch's own fp32 error {ref_err:.3g}; allowed {allowed:.3g}")
+
+
+def assert_greedy_equal(got: list[int], want: list[int], logits64: torch.Tensor, logit_error: float) -> int:
+    """Greedy continuations of two fp32 implementations agree token by token up to the end, or up
+    to a step where float64 logits (`logits64` [steps, V], along `want`) show the two chosen
+    tokens within `logit_error` of each other: a rounding tie, after which the continuations may
+    legitimately differ. Returns the number of tokens compared."""
+    for i, (a, b) in enumerate(zip(got, want)):
+        if a != b:
+            gap = float((logits64[i, a] - logits64[i, b]).abs())
+            assert gap <= logit_error, (
+                f"step {i}: token {a} instead of {b}, logit gap {gap:.3g} > rounding bound {logit_error:.3g}")
+            return i
+    assert len(got) == len(want), f"lengths {len(got)} != {len(want)}"
+    return len(got)
+
+
+def logits_along(model, ids: torch.Tensor) -> torch.Tensor:
+    """[len, V] logits of an HF causal LM over token ids [len] (one forward, no grad)."""
+    with torch.no_grad():
+        return model(ids.unsqueeze(0).to(model.device)).logits[0].cpu()
+
+
+def assert_greedy_matches_hf(model, model64, prompt_ids: list[int], got: list[int], max_new: int,
+                             pad_token_id: int | None) -> None:
+    """Our greedy continuation `got` equals HF `generate`'s on `model` (fp32), up to a rounding tie:
+    the logit error allowed at a differing step is what separates HF's own fp32 logits from a
+    float64 copy of the model (`model64`) along HF's continuation, times 4 plus 8 ulps."""
+    enc = torch.tensor([prompt_ids], device=model.device)
+    with torch.no_grad():
+        ref = model.generate(input_ids=enc, attention_mask=torch.ones_like(enc), max_new_tokens=max_new,
+                             do_sample=False, pad_token_id=pad_token_id)[0].cpu()
+    want = ref[len(prompt_ids):].tolist()
+    if got == want:
+        return
+    steps = slice(len(prompt_ids) - 1, len(ref) - 1)
+    l32, l64 = logits_along(model, ref)[steps].double(), logits_along(model64, ref)[steps]
+    logit_error = 4 * float((l32 - l64).abs().max()) + 8 * EPS32 * float(l64.abs().max())
+    assert_greedy_equal(got, want, l64, logit_error)
+
+
+def padded_logits(model, sequences: list[list[int]]) -> torch.Tensor:
+    """[B, max_len, V] logits of an HF causal LM over right-padded token sequences (one forward)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.zeros(len(sequences), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    with torch.no_grad():
+        return model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.cpu()
