@@ -561,9 +561,9 @@ class LoopEngine:
         self.logger.finish()
 
 
-def run_loop(cfg: LoopConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Set up, run (or resume) and report one experiment; returns M_T's metrics."""
-    engine = LoopEngine(cfg, show_progress=show_progress)
+def run_engine(engine: Any, run_dir: Path) -> Any:
+    """Set up, run (or resume) and report one experiment of a loop engine (paper A's or paper B's);
+    the run folder claimed by its set-up is released however the run ends."""
     try:
         engine.setup()
         try:
@@ -572,5 +572,10 @@ def run_loop(cfg: LoopConfig, show_progress: bool = True) -> dict[str, Any]:
             engine.finish()
         dist.barrier()
     finally:
-        release_run_folder(cfg.run_dir)
+        release_run_folder(run_dir)
     return final
+
+
+def run_loop(cfg: LoopConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Set up, run (or resume) and report one experiment; returns M_T's metrics."""
+    return run_engine(LoopEngine(cfg, show_progress=show_progress), cfg.run_dir)

@@ -51,6 +51,7 @@ from .engine import (
     describe_train_result,
     load_eval_data,
     load_task,
+    run_engine,
     run_logged_stage,
     sample_and_grade,
     skipped_train_result,
@@ -59,7 +60,7 @@ from .engine import (
     wandb_run_id,
 )
 from .evaluation import evaluate_model, sample_metrics
-from .run_folder import claim_run_folder, release_run_folder
+from .run_folder import claim_run_folder
 from .steps import BuildOptions, SampledQuestion, get_step_kind, is_correct
 
 UPDATES = ("sft", "rpo")
@@ -684,17 +685,7 @@ class IterVerifyEngine:
 
 def run_iter_verify(cfg: IterVerifyConfig) -> dict[str, Any]:
     """Set up, run (or resume) and report one experiment; returns f_T's row (every rank)."""
-    engine = IterVerifyEngine(cfg)
-    try:
-        engine.setup()
-        try:
-            final = engine.run()
-        finally:
-            engine.finish()
-        dist.barrier()
-    finally:
-        release_run_folder(cfg.run_dir)
-    return final
+    return run_engine(IterVerifyEngine(cfg), cfg.run_dir)
 
 
 # ------------------------------------------------------------------------------ report and plot
