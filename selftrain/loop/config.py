@@ -77,6 +77,20 @@ class SamplerSection:
 
 
 @dataclass
+class StatsSection:
+    """How the report judges progress or regress (docs/metrics.md, "Intervals and verdicts")."""
+
+    alpha: float = 0.05  # verdict level (Holm-adjusted); intervals are at 1 - alpha
+    power_effect: float = 0.05  # the change (5 points) the report says how many questions would detect
+    resamples: int = 2000  # question-bootstrap resamples
+
+    def __post_init__(self) -> None:
+        from ..metrics.stats import check_stats
+
+        check_stats(self.alpha, self.power_effect, self.resamples, "config")
+
+
+@dataclass
 class WandbSection:
     mode: str = "offline"  # offline | online | disabled (WANDB_MODE in the environment wins)
     project: str = "selftrain"
@@ -105,6 +119,7 @@ class LoopConfig:
         default_factory=lambda: TrainConfig(lr=2e-7, epochs=1, global_batch_size=32, beta=0.3)
     )
     wandb: WandbSection = field(default_factory=WandbSection)
+    stats: StatsSection = field(default_factory=StatsSection)
     # Modules imported before anything else: they register tasks, step kinds or paradigms
     # (docs/extending.md). Dotted module names importable from the working directory / sys.path.
     plugins: list[str] = field(default_factory=list)
@@ -179,7 +194,7 @@ def check_eval(section: EvalSection) -> None:
 
 # Keys that may differ between the first launch of a run and a resumed one: they do not change any
 # artifact that already exists (more iterations extend the run; logging and batching are cosmetic).
-RESUMABLE_CHANGES = ("iterations", "out_dir", "wandb", "sampler")
+RESUMABLE_CHANGES = ("iterations", "out_dir", "wandb", "sampler", "stats")  # stats: the report only
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -480,6 +480,9 @@ class LoopEngine:
         """Everything logged for iteration t: its evaluation plus what built and trained M_t."""
         row: dict[str, Any] = {"iteration": t, "step_kind": kind or "base"}
         row.update(read_json(self.iter_dir(t) / "eval" / "metrics.json"))
+        from ..report.verdicts import interval_row  # the report's intervals, for W&B (`<key>/ci_low`)
+
+        row.update(interval_row(self.root, to_dict(self.cfg), t, 1 if t >= 2 else None))
         if t >= 1:
             build = read_json(self.iter_dir(t) / "build" / "stats.json")
             row["data/records"] = build["records"]

@@ -20,6 +20,7 @@ from .config import (
     EvalSection,
     OODSection,
     SamplerSection,
+    StatsSection,
     WandbSection,
     check_eval,
     import_plugins,
@@ -65,6 +66,7 @@ class EvaluateConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     sampler: SamplerSection = field(default_factory=SamplerSection)
     wandb: WandbSection = field(default_factory=WandbSection)
+    stats: StatsSection = field(default_factory=StatsSection)
     plugins: list[str] = field(default_factory=list)  # modules registering tasks (docs/extending.md)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 
+CI_SUFFIXES = ("/ci_low", "/ci_high")
+
+
 @dataclass
 class RunRecord:
     folder: Path
@@ -37,7 +40,9 @@ class RunRecord:
         keys: dict[str, None] = {}
         for r in self.rows:
             for k, v in r.items():
-                if k not in ("iteration", "step", "step_kind") and (v is None or _number(v) is not None):
+                if k in ("iteration", "step", "step_kind") or k.endswith(CI_SUFFIXES):
+                    continue  # a metric's interval keys (W&B's `/ci_low`, `/ci_high`) belong to the metric
+                if v is None or _number(v) is not None:
                     keys[k] = None
         return list(keys)
 
