@@ -119,7 +119,7 @@ def no_plots(monkeypatch):
     """Plots cost ~0.3 s each; only the full-run test draws them."""
     import selftrain.report.summary
 
-    monkeypatch.setattr(selftrain.report.summary, "plot_run", lambda run, folder: [])
+    monkeypatch.setattr(selftrain.report.summary, "plot_run", lambda run, folder, *rest: [])
 
 
 def make_cfg(out: Path, **kw) -> LoopConfig:
