@@ -152,8 +152,9 @@ def synthetic_run(folder: Path, greedy: list, coverage_p: list, q: int, n: int =
     correct sample (arrays of length q, or a 0/1 array used as is for greedy when `exact`)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
-    cfg = {"paradigm": "iter_sft_dpo", "name": "", "model": "m", "task": "arith", "iterations": len(greedy) - 1,
-           "n_samples": 8, "eval": {"n_samples": n, "is_ns": [2, 4, 8], "equations": True}, "seed": 0}
+    cfg = {"paradigm": "iter_sft_dpo", "name": "", "model": "m", "task": "arith",
+           "iterations": len(greedy) - 1, "n_samples": 8, "seed": 0,
+           "eval": {"n_samples": n, "is_ns": [2, 4, 8], "equations": True}}
     (folder / "config.json").write_text(json.dumps(cfg))
     levels = [1 + i % 3 for i in range(q)]
     ood_levels = [1 + i % 5 for i in range(n_ood)]
@@ -182,7 +183,8 @@ def synthetic_run(folder: Path, greedy: list, coverage_p: list, q: int, n: int =
         ev.mkdir(parents=True)
         (ev / "details.json").write_text(json.dumps(details))
         (ev / "greedy.jsonl").write_text("".join(
-            json.dumps({"id": f"q{i}", "response": "r", "reward": int(flags[i]), "finish_reason": "stop"}) + "\n"
+            json.dumps({"id": f"q{i}", "response": "r", "reward": int(flags[i]), "finish_reason": "stop"})
+            + "\n"
             for i in range(q)))
         (ev / "samples.jsonl").write_text("".join(
             json.dumps({"id": f"q{i}", "responses": ["2 + 3 = 5", "2 + 3 = 5", "one two", "one three"],
@@ -207,8 +209,9 @@ def test_verdicts_json_schema_churn_and_step_table(tmp_path):
     folder = synthetic_run(tmp_path / "r", [np.zeros(q, dtype=int), m1, m2, m3], probs, q)
     report = write_run_report(folder, plots=True).read_text()
     rows = _verdicts(folder)
-    assert rows and all(set(r) == {"metric", "baseline", "model", "baseline_value", "value", "delta", "ci_low",
-                                    "ci_high", "p_value", "p_adjusted", "verdict"} for r in rows)
+    keys = {"metric", "baseline", "model", "baseline_value", "value", "delta", "ci_low", "ci_high", "p_value",
+            "p_adjusted", "verdict"}
+    assert rows and all(set(r) == keys for r in rows)
     assert {r["verdict"] for r in rows} <= {"progressed", "regressed", "no detectable change", "undefined"}
     # M3 vs M1, then every step M_t vs M_{t-1} (M2 vs M1 is a step, M3 vs M1 the headline)
     pairs = list(dict.fromkeys((r["baseline"], r["model"]) for r in rows))
@@ -237,8 +240,8 @@ def test_models_identical_in_distribution_show_no_detectable_change(tmp_path):
     write_run_report(folder, plots=False)
     rows = _verdicts(folder)
     assert len(rows) >= 4 * 15
-    assert {r["verdict"] for r in rows} == {"no detectable change"}, [
-        (r["baseline"], r["model"], r["metric"], r["p_adjusted"]) for r in rows if r["verdict"] != "no detectable change"]
+    moved = [(r["baseline"], r["model"], r["metric"]) for r in rows if r["verdict"] != "no detectable change"]
+    assert not moved
 
 
 def test_a_real_change_is_detected_with_its_direction(tmp_path):
@@ -309,8 +312,10 @@ def test_stats_config_errors_name_the_key():
     from selftrain.config import parse_cli
     from selftrain.loop.config import LoopConfig
 
-    for word, key in (("stats.alpha=1.5", "stats.alpha"), ("stats.alpha=0", "stats.alpha"),
-                      ("stats.power_effect=0", "stats.power_effect"), ("stats.power_effect=-0.1", "stats.power_effect")):
+    cases = (("stats.alpha=1.5", "stats.alpha"), ("stats.alpha=0", "stats.alpha"),
+             ("stats.power_effect=0", "stats.power_effect"),
+             ("stats.power_effect=-0.1", "stats.power_effect"))
+    for word, key in cases:
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             parse_cli(LoopConfig, [word])
     assert parse_cli(LoopConfig, ["stats.alpha=0.1"]).stats.alpha == 0.1

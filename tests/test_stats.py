@@ -79,19 +79,31 @@ def test_percentile_interval_agrees_with_scipy_bootstrap():
     ref = sps.bootstrap((values,), np.mean, n_resamples=4000, method="percentile", random_state=2)
     ci = ref.confidence_interval
     width = ci.high - ci.low
-    assert ours[0] == pytest.approx(ci.low, abs=0.05 * width) and ours[1] == pytest.approx(ci.high, abs=0.05 * width)
+    assert ours[0] == pytest.approx(ci.low, abs=0.05 * width) and ours[1] == pytest.approx(
+        ci.high, abs=0.05 * width
+    )
 
 
 def test_paired_bootstrap_agrees_with_scipy_paired_bootstrap():
     rng = np.random.default_rng(1)
     a = rng.beta(2, 3, size=120)
     b = np.clip(a + rng.normal(0.03, 0.1, size=120), 0, 1)
-    res = stats.paired_bootstrap(stats.mean_statistic(a), stats.mean_statistic(b), stats.resample_counts(120, 4000, 5))
-    ref = sps.bootstrap((a, b), lambda x, y, axis: np.mean(y, axis=axis) - np.mean(x, axis=axis), paired=True,
-                        n_resamples=4000, method="percentile", random_state=6).confidence_interval
+    res = stats.paired_bootstrap(
+        stats.mean_statistic(a), stats.mean_statistic(b), stats.resample_counts(120, 4000, 5)
+    )
+    ref = sps.bootstrap(
+        (a, b),
+        lambda x, y, axis: np.mean(y, axis=axis) - np.mean(x, axis=axis),
+        paired=True,
+        n_resamples=4000,
+        method="percentile",
+        random_state=6,
+    ).confidence_interval
     width = ref.high - ref.low
     assert res.delta == pytest.approx(b.mean() - a.mean())
-    assert res.ci[0] == pytest.approx(ref.low, abs=0.05 * width) and res.ci[1] == pytest.approx(ref.high, abs=0.05 * width)
+    assert res.ci[0] == pytest.approx(ref.low, abs=0.05 * width) and res.ci[1] == pytest.approx(
+        ref.high, abs=0.05 * width
+    )
 
 
 def test_statistics_with_undefined_values():
@@ -105,9 +117,13 @@ def test_statistics_with_undefined_values():
 
 
 def test_check_stats_names_the_key():
-    for bad, key in (((0.0, 0.05, 2000), "stats.alpha"), ((1.0, 0.05, 2000), "stats.alpha"),
-                     ((0.05, 0.0, 2000), "stats.power_effect"), ((0.05, -1, 2000), "stats.power_effect"),
-                     ((0.05, 0.05, 10), "stats.resamples")):
+    for bad, key in (
+        ((0.0, 0.05, 2000), "stats.alpha"),
+        ((1.0, 0.05, 2000), "stats.alpha"),
+        ((0.05, 0.0, 2000), "stats.power_effect"),
+        ((0.05, -1, 2000), "stats.power_effect"),
+        ((0.05, 0.05, 10), "stats.resamples"),
+    ):
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             stats.check_stats(*bad)
 
@@ -175,7 +191,9 @@ def test_paired_verdicts_false_positive_rate_under_the_null():
         res = stats.paired_binary(a, b, counts, confidence=1 - ALPHA)
         binary_hits += res.p_value < ALPHA and not res.ci[0] <= 0 <= res.ci[1]
         ca, cb = rng.binomial(n, p), rng.binomial(n, p)
-        cov = stats.paired_bootstrap(stats.mean_statistic(ca / n), stats.mean_statistic(cb / n), counts, 1 - ALPHA)
+        cov = stats.paired_bootstrap(
+            stats.mean_statistic(ca / n), stats.mean_statistic(cb / n), counts, 1 - ALPHA
+        )
         coverage_hits += cov.p_value < ALPHA and not cov.ci[0] <= 0 <= cov.ci[1]
     _report("false-positive rate, McNemar verdict", binary_hits / SIMS)
     _report("false-positive rate, paired bootstrap verdict (coverage)", coverage_hits / SIMS)
@@ -221,7 +239,9 @@ def test_detection_rate_matches_the_predicted_power_coverage():
         cb = rng.binomial(n, np.clip(p + delta, 0, 1))
         diff = cb / n - ca / n
         sds.append(diff.std(ddof=1))
-        res = stats.paired_bootstrap(stats.mean_statistic(ca / n), stats.mean_statistic(cb / n), counts, 1 - ALPHA)
+        res = stats.paired_bootstrap(
+            stats.mean_statistic(ca / n), stats.mean_statistic(cb / n), counts, 1 - ALPHA
+        )
         detected += res.p_value < ALPHA and res.ci[0] > 0
         predicted.append(stats.mean_difference_power(q, sds[-1], true_delta, ALPHA))
     _report("coverage detection rate", detected / SIMS)

@@ -247,7 +247,9 @@ def evaluate_model(
         metrics["greedy/truncated"] = sum(row[0].finish_reason == "length" for row in greedy) / len(greedy)
         head = [row[: cfg.n_samples] for row in sample_texts]
         head_rewards = [row[: cfg.n_samples] for row in sample_rewards]
-        found, diversity = sample_metrics_per_question(head, head_rewards, encoder=encoder, equations=cfg.equations)
+        found, diversity = sample_metrics_per_question(
+            head, head_rewards, encoder=encoder, equations=cfg.equations
+        )
         metrics.update(found)
         if ood_rewards:
             metrics.update(ood_metrics(ood_rewards, _levels(data.ood_examples), *data.ood_levels))

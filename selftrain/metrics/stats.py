@@ -82,9 +82,11 @@ def resample_counts(n_questions: int, n_resamples: int = DEFAULT_RESAMPLES, seed
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n_questions, size=(n_resamples, n_questions))
     draws += np.arange(n_resamples)[:, None] * n_questions  # row r's questions -> bins of row r
-    return np.bincount(draws.ravel(), minlength=n_resamples * n_questions).reshape(
-        n_resamples, n_questions
-    ).astype(np.float64)
+    return (
+        np.bincount(draws.ravel(), minlength=n_resamples * n_questions)
+        .reshape(n_resamples, n_questions)
+        .astype(np.float64)
+    )
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,9 @@ def mean_statistic(values: Sequence[float | None], members: Sequence[bool] | Non
     return Statistic(np.stack([np.where(defined, v, 0.0), defined.astype(np.float64)], axis=1), _ratio)
 
 
-def disparity_statistic(correct: Sequence[float], levels: Sequence[object], low: object, high: object) -> Statistic:
+def disparity_statistic(
+    correct: Sequence[float], levels: Sequence[object], low: object, high: object
+) -> Statistic:
     """(acc(low) - acc(high)) / acc(low), paper A's group disparity; NaN when acc(low) = 0 or a level
     has no question (in the data or in a resample)."""
     c = np.asarray(correct, dtype=np.float64)
@@ -152,7 +156,9 @@ def percentile_interval(resampled: np.ndarray, confidence: float = 0.95) -> tupl
     return float(low), float(high)
 
 
-def bootstrap_interval(stat: Statistic, counts: np.ndarray, confidence: float = 0.95) -> tuple[float, float] | None:
+def bootstrap_interval(
+    stat: Statistic, counts: np.ndarray, confidence: float = 0.95
+) -> tuple[float, float] | None:
     """Question-bootstrap percentile interval of one statistic."""
     return percentile_interval(stat.resampled(counts), confidence)
 
@@ -182,7 +188,9 @@ def bootstrap_p_value(deltas: np.ndarray) -> float | None:
     return float(min(1.0, 2 * min(below, above)))
 
 
-def paired_bootstrap(a: Statistic, b: Statistic, counts: np.ndarray, confidence: float = 0.95) -> PairedResult:
+def paired_bootstrap(
+    a: Statistic, b: Statistic, counts: np.ndarray, confidence: float = 0.95
+) -> PairedResult:
     """b - a with both statistics evaluated on the same resampled questions (the pairing)."""
     va, vb = a.value(), b.value()
     if va is None or vb is None:
@@ -192,7 +200,10 @@ def paired_bootstrap(a: Statistic, b: Statistic, counts: np.ndarray, confidence:
 
 
 def paired_binary(
-    a: Sequence[float], b: Sequence[float], counts: np.ndarray, members: Sequence[bool] | None = None,
+    a: Sequence[float],
+    b: Sequence[float],
+    counts: np.ndarray,
+    members: Sequence[bool] | None = None,
     confidence: float = 0.95,
 ) -> PairedResult:
     """Two models' 0/1 outcomes on the same questions: exact McNemar p-value, bootstrap interval of
@@ -205,7 +216,9 @@ def paired_binary(
     boot = paired_bootstrap(mean_statistic(x, m), mean_statistic(y, m), counts, confidence)
     if boot.delta is None:
         return boot
-    return PairedResult(boot.value_a, boot.value_b, boot.delta, boot.ci, mcnemar_exact(gained, lost), gained, lost)
+    return PairedResult(
+        boot.value_a, boot.value_b, boot.delta, boot.ci, mcnemar_exact(gained, lost), gained, lost
+    )
 
 
 def check_stats(alpha: object, effect: object, resamples: object, where: str = "config") -> None:
@@ -216,7 +229,6 @@ def check_stats(alpha: object, effect: object, resamples: object, where: str = "
         raise ValueError(f"{where}: stats.power_effect={effect!r}: must be > 0")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
         raise ValueError(f"{where}: stats.resamples={resamples!r}: must be an integer >= 100")
-
 
 
 # ------------------------------------------------------------------ power
@@ -244,10 +256,14 @@ def paired_binary_mde(n: int, discordance: float, alpha: float = 0.05, power: fl
         return None
     if paired_binary_power(n, discordance, discordance, alpha) < power:
         return None
-    return float(optimize.brentq(lambda d: paired_binary_power(n, discordance, d, alpha) - power, 1e-9, discordance))
+    return float(
+        optimize.brentq(lambda d: paired_binary_power(n, discordance, d, alpha) - power, 1e-9, discordance)
+    )
 
 
-def paired_binary_n_needed(discordance: float, effect: float, alpha: float = 0.05, power: float = POWER) -> int:
+def paired_binary_n_needed(
+    discordance: float, effect: float, alpha: float = 0.05, power: float = POWER
+) -> int:
     """Questions McNemar needs to detect a difference `effect` with `power`; the discordance is at
     least |effect| (a change of e needs at least a share e of questions to change)."""
     d = abs(effect)

@@ -94,7 +94,8 @@ def plot_pass_at_1(runs: Sequence[RunRecord], path: Path, intervals: Sequence[In
     for i, run in enumerate(runs):
         xs, ys = run.series("pass@1")
         iterations.update(xs)
-        _line(ax, xs, ys, _bands(run, "pass@1", intervals[i] if i < len(intervals) else None), label=run.label)
+        cis = _bands(run, "pass@1", intervals[i] if i < len(intervals) else None)
+        _line(ax, xs, ys, cis, label=run.label)
     _iteration_axis(ax, sorted(iterations))
     ax.set_ylabel("pass@1 (greedy, test)")
     ax.set_title("pass@1 per iteration")

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 CI_SUFFIXES = ("/ci_low", "/ci_high")
 
 

@@ -191,7 +191,9 @@ def analyse_run(run: RunRecord) -> RunAnalysis:
     for t, model in models.items():
         for pattern, reason in model.unavailable.items():
             unavailable.setdefault(pattern, f"{reason} (M{t})")
-    return RunAnalysis(alpha, effect, b, models, intervals, final, steps, churn, power, n_q, n_ood, unavailable)
+    return RunAnalysis(
+        alpha, effect, b, models, intervals, final, steps, churn, power, n_q, n_ood, unavailable
+    )
 
 
 def _signed(x: float) -> str:
@@ -214,10 +216,14 @@ def _change_text(row: dict[str, Any], confidence: float) -> str:
     return f"{_signed(row['delta'])} ({_ci_text(row['ci_low'], row['ci_high'], confidence)})"
 
 
+def nothing_yet(b: int) -> str:
+    return f"No model after M{b} has been evaluated yet: nothing to compare with M{b}."
+
+
 def summary_lines(run: RunRecord, a: RunAnalysis) -> list[str]:
     """The opening: what changed detectably, what did not, what this test set cannot resolve."""
     if a.final is None:
-        return [f"No model after M{a.baseline} has been evaluated yet: nothing to compare with M{a.baseline}."]
+        return [nothing_yet(a.baseline)]
     c = a.final
     family = [r for r in c.rows if r["p_adjusted"] is not None]
     sizes = f"{a.n_questions} test questions" + (f" and {a.n_ood} OOD questions" if a.n_ood else "")
@@ -247,14 +253,18 @@ def summary_lines(run: RunRecord, a: RunAnalysis) -> list[str]:
         lines.append("- **Undefined** (a value or the per-question data is missing): "
                      + ", ".join(f"`{m}`" for m in undefined) + ".")
     if c.gained is not None:
-        lines.append(f"- **Churn (pass@1):** {c.model} solves {c.gained} questions {c.baseline} fails and fails "
-                     f"{c.lost} that {c.baseline} solves (net {c.gained - c.lost:+d}).")
+        lines.append(
+            f"- **Churn (pass@1):** {c.model} solves {c.gained} questions {c.baseline} fails and fails "
+            f"{c.lost} that {c.baseline} solves (net {c.gained - c.lost:+d})."
+        )
     resolve = []
     for p in a.power:
         if p.mde is None:
             resolve.append(f"`{p.metric}`: no smallest detectable change can be stated ({p.basis})")
             continue
-        need = f"; a change of {a.effect:g} would need about {p.n_needed} test questions" if p.n_needed else ""
+        need = ""
+        if p.n_needed:
+            need = f"; a change of {a.effect:g} would need about {p.n_needed} test questions"
         resolve.append(f"a change in `{p.metric}` smaller than {p.mde:.3f}{need}")
     if resolve:
         lines.append(f"- **This test set cannot resolve** (80% power at alpha {a.alpha:g}, from the "
@@ -353,7 +363,7 @@ def render_report(run: RunRecord, analysis: RunAnalysis | None = None) -> str:
     lines += [f"## Progress or regress since M{b}", ""]
     if b == 1:  # paper A's guidance is about M1, the model after the gold SFT
         lines += [suggestion(_number(m1.get("coverage")) if m1 else None), ""]
-    lines += verdict_lines(a) or [f"No model after M{b} has been evaluated yet: nothing to compare with M{b}."]
+    lines += verdict_lines(a) or [nothing_yet(b)]
     is_lines = _is_lines(run, a)
     lines += is_lines
     if a.steps:
@@ -383,7 +393,8 @@ def render_report(run: RunRecord, analysis: RunAnalysis | None = None) -> str:
             continue
         cells = [_value_cell(r.get(key), a.intervals.get(int(r["iteration"]), {}).get(key)) for r in run.rows]
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
-    lines += ["", "Metric definitions and the statistics: docs/metrics.md; loop and artifacts: docs/loop.md.", ""]
+    lines += ["", "Metric definitions and the statistics: docs/metrics.md; loop and artifacts: docs/loop.md."]
+    lines.append("")
     plots = sorted((run.folder / "plots").glob("*.png"))
     if plots:
         lines += ["## Plots", ""]
@@ -463,8 +474,10 @@ def report_runs(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             for r in c.rows:
                 if r["verdict"] == UNDEFINED and r["metric"] not in HEADLINE:
                     continue
-                lines.append(f"| {label} | {c.model} | `{r['metric']}` | {_fmt(r['baseline_value'])} | "
-                             f"{_fmt(r['value'])} | {_step_cell(r)} | {_p(r['p_adjusted'])} | {r['verdict']} |")
+                lines.append(
+                    f"| {label} | {c.model} | `{r['metric']}` | {_fmt(r['baseline_value'])} | "
+                    f"{_fmt(r['value'])} | {_step_cell(r)} | {_p(r['p_adjusted'])} | {r['verdict']} |"
+                )
         lines.append("")
         write_verdicts_json(out / "comparison_verdicts.json", [c for _, c in comparisons])
     lines += [f"![{p.stem}]({p.name})" for p in plots]

@@ -27,8 +27,17 @@ from ..metrics.passk import default_ks, pass_at_k
 
 PROGRESSED, REGRESSED, NO_CHANGE, UNDEFINED = "progressed", "regressed", "no detectable change", "undefined"
 VERDICT_KEYS = (
-    "metric", "baseline", "model", "baseline_value", "value", "delta", "ci_low", "ci_high", "p_value",
-    "p_adjusted", "verdict",
+    "metric",
+    "baseline",
+    "model",
+    "baseline_value",
+    "value",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "verdict",
 )
 DEFAULT_ALPHA = 0.05
 DEFAULT_EFFECT = 0.05
@@ -138,7 +147,9 @@ def load_model_data(eval_dir: Path, name: str, equations: bool = True) -> ModelD
 
     truncated = d.get("greedy_truncated")
     if truncated is None and (eval_dir / "greedy.jsonl").is_file():
-        rows = [r for r in _read_jsonl(eval_dir / "greedy.jsonl") if not str(r.get("id", "")).startswith("ood:")]
+        rows = [
+            r for r in _read_jsonl(eval_dir / "greedy.jsonl") if not str(r.get("id", "")).startswith("ood:")
+        ]
         if len(rows) == len(ids) and all("finish_reason" in r for r in rows):
             truncated = [int(r["finish_reason"] == "length") for r in rows]
     if truncated is not None:
@@ -229,7 +240,9 @@ class Resampler:
     def counts(self, qset: str, n: int) -> np.ndarray:
         key = (qset, n)
         if key not in self._cache:
-            self._cache[key] = stats.resample_counts(n, self.n_resamples, stats.stable_seed(self.seed, qset, n))
+            self._cache[key] = stats.resample_counts(
+                n, self.n_resamples, stats.stable_seed(self.seed, qset, n)
+            )
         return self._cache[key]
 
 
@@ -299,8 +312,9 @@ class Comparison:
         return next((r for r in self.rows if r["metric"] == metric), None)
 
 
-def verdict_word(sign: int, delta: float | None, ci: tuple[float, float] | None, p_adj: float | None,
-                 alpha: float) -> str:
+def verdict_word(
+    sign: int, delta: float | None, ci: tuple[float, float] | None, p_adj: float | None, alpha: float
+) -> str:
     """The issue's rule: adjusted p < alpha AND the interval of the difference excludes 0."""
     if delta is None or p_adj is None or ci is None:
         return UNDEFINED
@@ -341,25 +355,30 @@ def compare_models(
             out.notes[key] = "undefined on one side (e.g. a ratio whose denominator is 0)"
         results.append((key, res))
     if base.coverage_values is not None and model.coverage_values is not None and base.qids == model.qids:
-        out.coverage_sd = float(np.std(model.coverage_values - base.coverage_values, ddof=1)) if len(
-            base.coverage_values) > 1 else None
+        out.coverage_sd = (
+            float(np.std(model.coverage_values - base.coverage_values, ddof=1))
+            if len(base.coverage_values) > 1
+            else None
+        )
     adjusted = stats.holm([r.p_value if r is not None and r.delta is not None else None for _, r in results])
     for (key, res), p_adj in zip(results, adjusted):
         ci = res.ci if res is not None else None
         delta = res.delta if res is not None else None
-        out.rows.append({
-            "metric": key,
-            "baseline": base.name,
-            "model": model.name,
-            "baseline_value": res.value_a if res is not None else None,
-            "value": res.value_b if res is not None else None,
-            "delta": delta,
-            "ci_low": ci[0] if ci else None,
-            "ci_high": ci[1] if ci else None,
-            "p_value": res.p_value if res is not None else None,
-            "p_adjusted": p_adj,
-            "verdict": verdict_word(direction(key), delta, ci, p_adj, alpha),
-        })
+        out.rows.append(
+            {
+                "metric": key,
+                "baseline": base.name,
+                "model": model.name,
+                "baseline_value": res.value_a if res is not None else None,
+                "value": res.value_b if res is not None else None,
+                "delta": delta,
+                "ci_low": ci[0] if ci else None,
+                "ci_high": ci[1] if ci else None,
+                "p_value": res.p_value if res is not None else None,
+                "p_adjusted": p_adj,
+                "verdict": verdict_word(direction(key), delta, ci, p_adj, alpha),
+            }
+        )
     return out
 
 
@@ -371,8 +390,9 @@ class PowerLine:
     basis: str  # where the discordance / spread came from
 
 
-def power_lines(comparison: Comparison | None, base: ModelData, n_questions: int, alpha: float,
-                effect: float) -> list[PowerLine]:
+def power_lines(
+    comparison: Comparison | None, base: ModelData, n_questions: int, alpha: float, effect: float
+) -> list[PowerLine]:
     """What this test set can resolve for pass@1 (McNemar) and coverage (paired mean difference)."""
     lines = []
     disc = comparison.discordance if comparison is not None else None
@@ -382,8 +402,14 @@ def power_lines(comparison: Comparison | None, base: ModelData, n_questions: int
         disc = 2 * p * (1 - p)  # two independent draws at the baseline's accuracy disagree this often
         basis = "no discordant question observed; assuming independent answers at the baseline's pass@1"
     if disc:
-        lines.append(PowerLine("pass@1", stats.paired_binary_mde(n_questions, disc, alpha),
-                               stats.paired_binary_n_needed(disc, effect, alpha), basis))
+        lines.append(
+            PowerLine(
+                "pass@1",
+                stats.paired_binary_mde(n_questions, disc, alpha),
+                stats.paired_binary_n_needed(disc, effect, alpha),
+                basis,
+            )
+        )
     else:
         lines.append(PowerLine("pass@1", None, None, "no discordance to base it on (pass@1 is 0 or 1)"))
     sd = comparison.coverage_sd if comparison is not None else None
@@ -392,8 +418,14 @@ def power_lines(comparison: Comparison | None, base: ModelData, n_questions: int
         sd = float(np.std(base.coverage_values, ddof=1)) * math.sqrt(2)
         basis = "no difference observed; assuming independent models with the baseline's spread"
     if sd:
-        lines.append(PowerLine("coverage", stats.mean_difference_mde(n_questions, sd, alpha),
-                               stats.mean_difference_n_needed(sd, effect, alpha), basis))
+        lines.append(
+            PowerLine(
+                "coverage",
+                stats.mean_difference_mde(n_questions, sd, alpha),
+                stats.mean_difference_n_needed(sd, effect, alpha),
+                basis,
+            )
+        )
     elif base.coverage_values is not None:
         lines.append(PowerLine("coverage", None, None, "every question has the same coverage"))
     return lines
