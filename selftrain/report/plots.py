@@ -53,8 +53,10 @@ def _line(
     (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", **kwargs)
     with_ci = [p for p in points if p[2] is not None]
     if with_ci and errorbars:
-        ax.errorbar([p[0] for p in with_ci], [p[1] for p in with_ci],
-                    yerr=[[p[1] - p[2][0] for p in with_ci], [p[2][1] - p[1] for p in with_ci]],
+        # clamped: a percentile interval need not hold the point estimate
+        below = [max(0.0, p[1] - p[2][0]) for p in with_ci]
+        above = [max(0.0, p[2][1] - p[1]) for p in with_ci]
+        ax.errorbar([p[0] for p in with_ci], [p[1] for p in with_ci], yerr=[below, above],
                     fmt="none", ecolor=line.get_color(), capsize=3, alpha=0.8)
     elif with_ci:
         ax.fill_between([p[0] for p in with_ci], [p[2][0] for p in with_ci], [p[2][1] for p in with_ci],

@@ -165,7 +165,7 @@ def load_model_data(eval_dir: Path, name: str, equations: bool = True) -> ModelD
         out.metrics["coverage"] = Metric("test", stats.mean_statistic(c / n))
         for k in default_ks(int(n)):
             out.metrics[f"pass@k/{k}"] = Metric(
-                "test", stats.mean_statistic([pass_at_k(int(n), int(ci), k) for ci in c])
+                "test", stats.mean_statistic(_pass_at_k_per_question(int(n), c, k))
             )
     else:
         out.unavailable["coverage"] = out.unavailable["pass@k/*"] = "details.json has no sample_correct"
@@ -197,6 +197,12 @@ def load_model_data(eval_dir: Path, name: str, equations: bool = True) -> ModelD
             reason = "details.json predates per-question OOD levels"
             out.unavailable["ood/level_*"] = out.unavailable["ood/group_disparity"] = reason
     return out
+
+
+def _pass_at_k_per_question(n: int, correct: np.ndarray, k: int) -> np.ndarray:
+    """pass@k of every question: the estimator tabulated over the n + 1 possible correct counts."""
+    table = np.array([pass_at_k(n, c, k) for c in range(n + 1)])
+    return table[np.asarray(correct, dtype=np.int64)]
 
 
 def _diversity_from_samples(
@@ -264,7 +270,7 @@ def improvement_set_metrics(model: ModelData, m1: ModelData, ns: Sequence[int]) 
     members = (model.greedy == 1) & (m1.greedy == 0)
     out = {}
     for n in sorted({int(x) for x in ns if int(x) <= m1.extra_n}):
-        values = [pass_at_k(m1.extra_n, int(c), n) for c in m1.extra_correct]
+        values = _pass_at_k_per_question(m1.extra_n, m1.extra_correct, n)
         out[f"is/m1_pass@{n}"] = Metric("test", stats.mean_statistic(values, members))
     return out
 
@@ -346,7 +352,15 @@ def compare_models(
             continue
         counts = resampler.counts(a.qset, a.stat.columns.shape[0])
         if a.outcomes is not None and b.outcomes is not None:
-            res = stats.paired_binary(a.outcomes, b.outcomes, counts, a.members & b.members, confidence)
+            same = np.array_equal(a.members, b.members)
+            res = stats.paired_binary(
+                a.outcomes,
+                b.outcomes,
+                counts,
+                a.members & b.members,
+                confidence,
+                (a.stat, b.stat) if same else None,
+            )
             if key == "pass@1":
                 out.gained, out.lost, out.n_questions = res.gained, res.lost, len(a.outcomes)
         else:
