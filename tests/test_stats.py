@@ -258,3 +258,35 @@ def test_sample_size_formulas_invert_the_power():
     mde = stats.paired_binary_mde(400, 0.2, ALPHA)
     assert stats.paired_binary_power(400, 0.2, mde, ALPHA) == pytest.approx(0.8, abs=1e-6)
     assert stats.paired_binary_mde(5, 0.01, ALPHA) is None  # even the largest change is not detectable
+
+
+def test_gap_intervals_resample_prompts_and_skip_saturated_ones():
+    rng = np.random.default_rng(50)
+    acc = rng.random(200)
+    acc[:20] = 1.0  # saturated prompts: in the gap (as 0), not in the relative gap
+    gaps = np.where(acc < 1, (1 - acc) * rng.random(200) * 0.5, 0.0)
+    cis = stats.gap_intervals(gaps, acc, n_resamples=4000, seed=1)
+    assert cis["gap"][0] < gaps.mean() < cis["gap"][1]
+    relative = gaps[20:] / (1 - acc[20:])
+    assert cis["relative_gap"][0] < relative.mean() < cis["relative_gap"][1]
+    ref = sps.bootstrap((relative,), np.mean, n_resamples=4000, method="percentile", random_state=3)
+    # resampling all 200 prompts (a varying number of them unsaturated) is close to resampling the 180
+    width = ref.confidence_interval.high - ref.confidence_interval.low
+    assert cis["relative_gap"][0] == pytest.approx(ref.confidence_interval.low, abs=0.1 * width)
+    assert stats.gap_intervals([0.0, 0.0], [1.0, 1.0])["relative_gap"] is None  # every prompt saturated
+
+
+def test_gap_results_and_tables_carry_the_intervals():
+    from selftrain.verify.analysis import gap_results, markdown_gap_tables
+    from selftrain.verify.filters import parse_filter
+
+    rewards = [[1, 0, 0, 1], [0, 0, 1, 1], [1, 1, 0, 0], [0, 1, 0, 0]]
+    scores = {"cot_binary": [[1, 0, 0, 1], [0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 1, 0]]}
+    specs = [parse_filter("cot_binary", ["cot_binary"])]
+    res = gap_results(rewards, scores, specs)["cot_binary"]
+    lo, hi = res["gap_ci"]
+    assert lo <= res["gap"] <= hi and lo < hi
+    table = markdown_gap_tables(
+        [{"generator": "g", "verifier": "v", "accuracy": 0.4, "results": {"cot_binary": res}}], specs
+    )
+    assert f"{100 * res['gap']:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]" in table

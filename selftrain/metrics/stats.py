@@ -232,6 +232,26 @@ def paired_binary(
     )
 
 
+def gap_intervals(
+    per_question_gap: Sequence[float],
+    per_question_accuracy: Sequence[float],
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, tuple[float, float] | None]:
+    """Question-bootstrap intervals of paper B's gap (mean of per-prompt gaps) and relative gap
+    (mean over the prompts not saturated, acc < 1, of gap / (1 - acc)), prompts resampled."""
+    gaps = np.asarray(per_question_gap, dtype=np.float64)
+    acc = np.asarray(per_question_accuracy, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(acc < 1, gaps / (1 - acc), np.nan)
+    counts = resample_counts(len(gaps), n_resamples, seed)
+    return {
+        "gap": bootstrap_interval(mean_statistic(gaps), counts, confidence),
+        "relative_gap": bootstrap_interval(mean_statistic(relative), counts, confidence),
+    }
+
+
 def check_stats(alpha: object, effect: object, resamples: object, where: str = "config") -> None:
     """Config errors naming the key: alpha in (0, 1), a power effect > 0, >= 100 resamples."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
