@@ -232,6 +232,28 @@ def paired_binary(
     )
 
 
+def pooled_paired_bootstrap(
+    pairs: Sequence[tuple[Statistic, Statistic]],
+    counts: np.ndarray,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedResult:
+    """b - a averaged over K replicates (independent reruns of the whole loop, evaluated on the same
+    questions): each bootstrap draw resamples the questions (one row of `counts`, shared by every
+    replicate) and the replicates (K draws with replacement), so the interval holds both the
+    question sampling and the between-replicate (training-seed) spread. K = 1 is `paired_bootstrap`."""
+    values = [(a.value(), b.value()) for a, b in pairs]
+    if not pairs or any(va is None or vb is None for va, vb in values):
+        return PairedResult(None, None, None, None, None)
+    va = float(np.mean([v[0] for v in values]))
+    vb = float(np.mean([v[1] for v in values]))
+    deltas = np.stack([b.resampled(counts) - a.resampled(counts) for a, b in pairs])  # (K, B)
+    k, n_resamples = deltas.shape
+    pick = np.random.default_rng(seed).integers(0, k, size=(n_resamples, k))
+    pooled = deltas[pick, np.arange(n_resamples)[:, None]].mean(axis=1)
+    return PairedResult(va, vb, vb - va, percentile_interval(pooled, confidence), bootstrap_p_value(pooled))
+
+
 def gap_intervals(
     per_question_gap: Sequence[float],
     per_question_accuracy: Sequence[float],

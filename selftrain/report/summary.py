@@ -36,6 +36,7 @@ from .verdicts import (
     PowerLine,
     Resampler,
     compare_models,
+    compare_replicates,
     direction,
     eval_dir_of,
     improvement_set_metrics,
@@ -128,6 +129,9 @@ class RunAnalysis:
     n_questions: int | None
     n_ood: int | None
     unavailable: dict[str, str] = field(default_factory=dict)  # metric pattern -> reason
+    replicates: int = 1  # replicate runs pooled into the verdicts
+    # metric -> iteration -> (mean, standard deviation, replicates that reached it)
+    spread: dict[str, dict[int, tuple[float, float, int]]] = field(default_factory=dict)
 
     @property
     def confidence(self) -> float:
@@ -160,6 +164,12 @@ def analyse_run(run: RunRecord) -> RunAnalysis:
     models = {
         t: load_model_data(eval_dir_of(run.folder, run.config, t), f"M{t}", equations) for t in run.iterations
     }
+    # Replicates (`replicates: K`): replicate_<r>/ holds the same loop run with its own seed.
+    others = [load_run(f) for f in replicate_folders(run)]
+    rep_models = [models] + [
+        {t: load_model_data(eval_dir_of(o.folder, o.config, t), f"M{t}", equations) for t in o.iterations}
+        for o in others
+    ]
     resampler = Resampler(resamples)
     ref = is_reference_of(run)
     intervals = {}
@@ -169,11 +179,13 @@ def analyse_run(run: RunRecord) -> RunAnalysis:
     b = baseline_of(run)
     keys = sorted({k for m in models.values() for k in m.metrics} | set(run.metric_keys()), key=_key_order)
     later = [t for t in run.iterations if t > b]
-    final = None
-    if b in models and later:
-        final = compare_models(models[b], models[later[-1]], keys, resampler, alpha)
+    def compare(s: int, t: int) -> Comparison:
+        pairs = [(m[s], m[t]) for m in rep_models if s in m and t in m]
+        return compare_replicates(pairs, keys, resampler, alpha)
+
+    final = compare(b, later[-1]) if b in models and later else None
     done = run.iterations
-    steps = [compare_models(models[s], models[t], keys, resampler, alpha) for s, t in zip(done, done[1:])]
+    steps = [compare(s, t) for s, t in zip(done, done[1:])]
     churn = []
     for t in later:
         base, model = models[b], models[t]
@@ -191,9 +203,34 @@ def analyse_run(run: RunRecord) -> RunAnalysis:
     for t, model in models.items():
         for pattern, reason in model.unavailable.items():
             unavailable.setdefault(pattern, f"{reason} (M{t})")
+    spread = replicate_spread([run, *others]) if others else {}
     return RunAnalysis(
-        alpha, effect, b, models, intervals, final, steps, churn, power, n_q, n_ood, unavailable
+        alpha, effect, b, models, intervals, final, steps, churn, power, n_q, n_ood, unavailable,
+        replicates=len(rep_models), spread=spread,
     )
+
+
+def replicate_folders(run: RunRecord) -> list[Path]:
+    """The other replicates' run folders (replicate_1 .. replicate_{K-1}) that have logged a row."""
+    k = int(run.config.get("replicates", 1) or 1)
+    found = [run.folder / f"replicate_{r}" for r in range(1, k)]
+    return [f for f in found if (f / "metrics.jsonl").is_file()]
+
+
+def replicate_spread(runs: Sequence[RunRecord]) -> dict[str, dict[int, tuple[float, float, int]]]:
+    """Per metric with a direction and iteration: mean and standard deviation over the replicates
+    that reached it, and how many did."""
+    out: dict[str, dict[int, tuple[float, float, int]]] = {}
+    for key in runs[0].metric_keys():
+        if direction(key) == 0:
+            continue
+        for t in runs[0].iterations:
+            found = [_number((r.row(t) or {}).get(key)) for r in runs]
+            values = [v for v in found if v is not None]
+            if values:
+                sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                out.setdefault(key, {})[t] = (float(np.mean(values)), sd, len(values))
+    return out
 
 
 def _signed(x: float) -> str:
@@ -227,6 +264,8 @@ def summary_lines(run: RunRecord, a: RunAnalysis) -> list[str]:
     c = a.final
     family = [r for r in c.rows if r["p_adjusted"] is not None]
     sizes = f"{a.n_questions} test questions" + (f" and {a.n_ood} OOD questions" if a.n_ood else "")
+    if a.replicates > 1:
+        sizes += f", pooled over {a.replicates} replicate runs (intervals resample questions and replicates)"
     lines = [
         f"{c.model} against {c.baseline} on the same {sizes}; alpha = {a.alpha:g}, p-values Holm-adjusted "
         f"over the {len(family)} metrics of this comparison; a metric progressed or regressed only when "
@@ -380,6 +419,8 @@ def render_report(run: RunRecord, analysis: RunAnalysis | None = None) -> str:
             need = f"; {a.effect:g} needs about {p.n_needed} questions" if p.n_needed else ""
             lines.append(f"- `{p.metric}`: smallest change detected with 80% power at alpha {a.alpha:g} on "
                          f"{a.n_questions} questions: {mde}{need} (from {p.basis}).")
+    if a.spread:
+        lines += replicate_table(a, done)
     if a.unavailable:
         lines += ["", "## Unavailable", ""]
         lines += [f"- `{k}`: {v}" for k, v in sorted(a.unavailable.items())]
@@ -401,6 +442,21 @@ def render_report(run: RunRecord, analysis: RunAnalysis | None = None) -> str:
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
         lines.append("")
     return "\n".join(lines)
+
+
+def replicate_table(a: RunAnalysis, done: Sequence[int]) -> list[str]:
+    lines = ["", f"## Replicates: mean ± standard deviation over {a.replicates} runs", "",
+             "Each replicate reruns the whole loop with its own seed (training order, sampling); the "
+             "verdicts above pool them. The other tables show replicate 0 (this folder).", "",
+             "| metric | " + " | ".join(f"M{t}" for t in done) + " |", "|---|" + "---:|" * len(done)]
+    for key in sorted(a.spread, key=_key_order):
+        cells = []
+        for t in done:
+            m = a.spread[key].get(t)
+            partial = "" if m is None or m[2] == a.replicates else f" ({m[2]} runs)"
+            cells.append("–" if m is None else f"{m[0]:.4f} ± {m[1]:.4f}{partial}")
+        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _is_lines(run: RunRecord, a: RunAnalysis) -> list[str]:

@@ -333,25 +333,45 @@ def compare_models(
     base: ModelData, model: ModelData, keys: Sequence[str], resampler: Resampler, alpha: float
 ) -> Comparison:
     """Paired verdicts of `model` vs `base` for every key with a direction, Holm across them."""
+    return compare_replicates([(base, model)], keys, resampler, alpha)
+
+
+def compare_replicates(
+    pairs: Sequence[tuple[ModelData, ModelData]], keys: Sequence[str], resampler: Resampler, alpha: float
+) -> Comparison:
+    """Paired verdicts of model vs base, pooled over replicates when there are several (one
+    (base, model) pair per replicate: the bootstrap resamples questions and replicates; McNemar,
+    a test of one pair of models, is used when there is one)."""
     confidence = 1 - alpha
+    base, model = pairs[0]
     out = Comparison(base.name, model.name, [])
     results: list[tuple[str, stats.PairedResult | None]] = []
     for key in keys:
-        sign = direction(key)
-        if sign == 0:
+        if direction(key) == 0:
             continue
-        a, b = base.metrics.get(key), model.metrics.get(key)
-        reason = is_unavailable(base, key) or is_unavailable(model, key)
-        if a is None or b is None:
-            out.notes[key] = reason or "no per-question values for this metric on one side"
+        found = [(b.metrics.get(key), m.metrics.get(key)) for b, m in pairs]
+        if any(a is None or b is None for a, b in found):
+            reasons = [is_unavailable(b, key) or is_unavailable(m, key) for b, m in pairs]
+            out.notes[key] = next(
+                (r for r in reasons if r), "no per-question values for this metric on one side"
+            )
             results.append((key, None))
             continue
-        if base.qids.get(a.qset) != model.qids.get(b.qset):
-            out.notes[key] = f"the two models were evaluated on different {a.qset} questions"
+        qset = found[0][0].qset
+        if any(
+            b.qids.get(qset) != base.qids.get(qset) or m.qids.get(qset) != base.qids.get(qset)
+            for b, m in pairs
+        ):
+            out.notes[key] = f"the models were evaluated on different {qset} questions"
             results.append((key, None))
             continue
-        counts = resampler.counts(a.qset, a.stat.columns.shape[0])
-        if a.outcomes is not None and b.outcomes is not None:
+        counts = resampler.counts(qset, found[0][0].stat.columns.shape[0])
+        a, b = found[0]
+        if len(pairs) > 1:
+            res = stats.pooled_paired_bootstrap(
+                [(x.stat, y.stat) for x, y in found], counts, confidence, stats.stable_seed("replicates", key)
+            )
+        elif a.outcomes is not None and b.outcomes is not None:
             same = np.array_equal(a.members, b.members)
             res = stats.paired_binary(
                 a.outcomes,
@@ -361,19 +381,22 @@ def compare_models(
                 confidence,
                 (a.stat, b.stat) if same else None,
             )
-            if key == "pass@1":
-                out.gained, out.lost, out.n_questions = res.gained, res.lost, len(a.outcomes)
         else:
             res = stats.paired_bootstrap(a.stat, b.stat, counts, confidence)
+        if key == "pass@1" and base.greedy is not None and model.greedy is not None:
+            out.gained = int(np.count_nonzero((model.greedy == 1) & (base.greedy == 0)))
+            out.lost = int(np.count_nonzero((model.greedy == 0) & (base.greedy == 1)))
+            out.n_questions = len(base.greedy)
         if res.delta is None:
             out.notes[key] = "undefined on one side (e.g. a ratio whose denominator is 0)"
         results.append((key, res))
-    if base.coverage_values is not None and model.coverage_values is not None and base.qids == model.qids:
-        out.coverage_sd = (
-            float(np.std(model.coverage_values - base.coverage_values, ddof=1))
-            if len(base.coverage_values) > 1
-            else None
-        )
+    if (
+        base.coverage_values is not None
+        and model.coverage_values is not None
+        and len(base.coverage_values) > 1
+        and base.qids.get("test") == model.qids.get("test")
+    ):
+        out.coverage_sd = float(np.std(model.coverage_values - base.coverage_values, ddof=1))
     adjusted = stats.holm([r.p_value if r is not None and r.delta is not None else None for _, r in results])
     for (key, res), p_adj in zip(results, adjusted):
         ci = res.ci if res is not None else None
