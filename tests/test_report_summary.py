@@ -318,6 +318,8 @@ def test_stats_config_errors_name_the_key():
     for word, key in cases:
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             parse_cli(LoopConfig, [word])
+    with pytest.raises(ValueError, match="replicates=0"):
+        parse_cli(LoopConfig, ["replicates=0"])
     assert parse_cli(LoopConfig, ["stats.alpha=0.1"]).stats.alpha == 0.1
 
 

@@ -290,3 +290,23 @@ def test_gap_results_and_tables_carry_the_intervals():
         [{"generator": "g", "verifier": "v", "accuracy": 0.4, "results": {"cot_binary": res}}], specs
     )
     assert f"{100 * res['gap']:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]" in table
+
+
+def test_pooled_bootstrap_over_replicates_holds_the_between_replicate_spread():
+    rng = np.random.default_rng(60)
+    q = 200
+    p = rng.beta(1, 1, q)
+    counts = stats.resample_counts(q, 2000, seed=61)
+    base = stats.mean_statistic(rng.binomial(8, p) / 8)
+    # one replicate alone equals the paired bootstrap
+    one = stats.mean_statistic(rng.binomial(8, p) / 8)
+    alone = stats.paired_bootstrap(base, one, counts)
+    pooled_one = stats.pooled_paired_bootstrap([(base, one)], counts)
+    assert pooled_one.delta == alone.delta and pooled_one.ci == pytest.approx(alone.ci)
+    # four replicates whose training seeds moved the model by -0.1 .. +0.1: a wider interval
+    shifts = [-0.1, -0.03, 0.03, 0.1]
+    reps = [(base, stats.mean_statistic(rng.binomial(8, np.clip(p + s, 0, 1)) / 8)) for s in shifts]
+    res = stats.pooled_paired_bootstrap(reps, counts)
+    single = stats.paired_bootstrap(*reps[0], counts)
+    assert res.delta == pytest.approx(np.mean([b.value() - a.value() for a, b in reps]))
+    assert (res.ci[1] - res.ci[0]) > 1.5 * (single.ci[1] - single.ci[0])

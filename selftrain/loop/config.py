@@ -109,6 +109,9 @@ class LoopConfig:
     n_samples: int = 50  # N samples per training question at every t >= 2
     max_pairs_per_question: int | None = 8  # cap on DPO pairs per question (None = all)
     seed: int = 0
+    # K independent reruns of the whole loop (replicate r >= 1 in <run>/replicate_<r>/ with its own
+    # seed); the report pools them, so its verdicts include the training-seed spread.
+    replicates: int = 1
     data: DataSection = field(default_factory=DataSection)
     ood: OODSection = field(default_factory=OODSection)
     sampling: SamplingSection = field(default_factory=SamplingSection)
@@ -133,7 +136,7 @@ class LoopConfig:
             raise ValueError(
                 f"paradigm={self.paradigm!r}: unknown; registered: {', '.join(paradigm_names())}"
             )
-        check_positive(self, "iterations", "n_samples")
+        check_positive(self, "iterations", "n_samples", "replicates")
         if self.max_pairs_per_question is not None and self.max_pairs_per_question < 1:
             raise ValueError(
                 f"max_pairs_per_question={self.max_pairs_per_question}: must be >= 1 (or null for all)"
@@ -194,7 +197,8 @@ def check_eval(section: EvalSection) -> None:
 
 # Keys that may differ between the first launch of a run and a resumed one: they do not change any
 # artifact that already exists (more iterations extend the run; logging and batching are cosmetic).
-RESUMABLE_CHANGES = ("iterations", "out_dir", "wandb", "sampler", "stats")  # stats: the report only
+# stats: the report only; replicates: more replicates add folders beside the existing ones
+RESUMABLE_CHANGES = ("iterations", "out_dir", "wandb", "sampler", "stats", "replicates")
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -560,13 +560,34 @@ class LoopEngine:
         self.logger.finish()
 
 
+def replicate_config(cfg: LoopConfig, r: int) -> LoopConfig:
+    """Replicate r >= 1 of a run: the same settings and questions, its own seed (so its own training
+    order and samples), in <run>/replicate_<r>/; W&B is left to replicate 0's run."""
+    return dataclasses.replace(
+        cfg,
+        seed=derive_seed(cfg.seed, r, "replicate"),
+        replicates=1,
+        name=f"{cfg.run_name}-replicate_{r}",
+        out_dir=str(cfg.run_dir / f"replicate_{r}"),
+        wandb=dataclasses.replace(cfg.wandb, mode="disabled"),
+    )
+
+
 def run_loop(cfg: LoopConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Set up, run (or resume) and report one experiment; returns M_T's metrics."""
-    engine = LoopEngine(cfg, show_progress=show_progress)
-    engine.setup()
-    try:
-        final = engine.run()
-    finally:
-        engine.finish()
+    """Set up, run (or resume) and report one experiment, then its other replicates (each resumable
+    like any run); returns M_T's metrics of replicate 0."""
+    final: dict[str, Any] = {}
+    for r in range(cfg.replicates):
+        engine = LoopEngine(cfg if r == 0 else replicate_config(cfg, r), show_progress=show_progress)
+        engine.setup()
+        try:
+            result = engine.run()
+        finally:
+            engine.finish()
+        final = result if r == 0 else final
+    if cfg.replicates > 1 and dist.is_main():
+        from ..report import write_run_report
+
+        write_run_report(cfg.run_dir)  # replicate 0's report, now pooled over every replicate
     dist.barrier()
     return final
