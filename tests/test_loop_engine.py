@@ -285,3 +285,27 @@ def test_replicates_resume_and_pool(fakes, no_plots, tmp_path):
     c0, c1 = rows_of(out)[3]["coverage"], expected[3]["coverage"]
     assert head["value"] == pytest.approx((c0 + c1) / 2)
     assert head["ci_low"] <= head["delta"] <= head["ci_high"]
+
+
+def test_evaluate_recipe_reports_paired_verdicts_and_logs_intervals(fakes, no_plots, tmp_path):
+    from selftrain.loop.recipe import EvaluateConfig, evaluate_checkpoints
+
+    run = tmp_path / "run"
+    run_loop(make_cfg(run, iterations=1), show_progress=False)
+    out = tmp_path / "eval"
+    cfg = EvaluateConfig(
+        checkpoints=["fake-base", str(run / "iter_1" / "trainer" / "model")],
+        is_reference=0,
+        out_dir=str(out),
+        data=DataSection(task_options=dict(ARITH)),
+        eval=EvalSection(n_samples=4, is_ns=[2, 4], semantic=False),
+        wandb=WandbSection(mode="disabled"),
+    )
+    evaluate_checkpoints(cfg, show_progress=False)
+    rows = rows_of(out)
+    assert rows[1]["pass@1/ci_low"] <= rows[1]["pass@1"] <= rows[1]["pass@1/ci_high"]
+    assert "is/m1_pass@2/ci_low" in rows[1] or rows[1]["is/size"] == 0
+    report = (out / "report.md").read_text()
+    assert "M1 against M0 on the same 9 test questions" in report
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert {(v["baseline"], v["model"]) for v in verdicts} == {("M0", "M1")}

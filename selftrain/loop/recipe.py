@@ -150,8 +150,10 @@ def evaluate_checkpoints(cfg: EvaluateConfig, show_progress: bool = True) -> lis
         logger = RunLogger(
             root, project=cfg.wandb.project, name=cfg.name, config=to_dict(cfg), mode=cfg.wandb.mode
         )
-        for i in range(len(cfg.checkpoints)):
-            logger.log(rows[i], step=i)
+        from ..report.verdicts import interval_row
+
+        for i in range(len(cfg.checkpoints)):  # with each metric's interval (`<key>/ci_low`, `/ci_high`)
+            logger.log({**rows[i], **interval_row(root, to_dict(cfg), i, cfg.is_reference)}, step=i)
         report = write_run_report(root)
         for png in sorted((root / "plots").glob("*.png")):
             logger.log_image(f"plots/{png.stem}", png, step=len(cfg.checkpoints) - 1)
