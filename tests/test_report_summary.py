@@ -330,3 +330,13 @@ def test_a_bad_alpha_in_an_existing_config_json_is_named(tmp_path):
     (folder / "config.json").write_text(json.dumps({**cfg, "stats": {"alpha": 2}}))
     with pytest.raises(ValueError, match=r"config\.json: stats\.alpha=2"):
         write_run_report(folder, plots=False)
+
+
+def test_power_when_even_the_largest_possible_change_is_underpowered():
+    from selftrain.report.verdicts import ModelData, power_lines
+
+    base = ModelData("M1", greedy=np.array([1.0] * 4 + [0.0] * 36))
+    (line,) = power_lines(None, base, 40, 0.05, 0.05)  # no comparison yet: 2 p (1 - p) at p = 0.1
+    assert line.mde is None and line.ceiling == pytest.approx(0.18) and line.n_needed > 40
+    (line,) = power_lines(None, base, 400, 0.05, 0.05)
+    assert stats.paired_binary_power(400, 0.18, line.mde) == pytest.approx(0.8, abs=1e-6)

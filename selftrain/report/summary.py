@@ -299,7 +299,7 @@ def summary_lines(run: RunRecord, a: RunAnalysis) -> list[str]:
     resolve = []
     for p in a.power:
         if p.mde is None:
-            resolve.append(f"`{p.metric}`: no smallest detectable change can be stated ({p.basis})")
+            resolve.append(_no_mde(p))
             continue
         need = ""
         if p.n_needed:
@@ -309,6 +309,13 @@ def summary_lines(run: RunRecord, a: RunAnalysis) -> list[str]:
         lines.append(f"- **This test set cannot resolve** (80% power at alpha {a.alpha:g}, from the "
                      "observed discordance / spread): " + "; ".join(resolve) + ".")
     return lines
+
+
+def _no_mde(p: PowerLine) -> str:
+    if p.ceiling:
+        return (f"no change in `{p.metric}` up to {p.ceiling:.3f} (the share of questions the models answer "
+                "differently: every one of them moving the same way) is detected with 80% power")
+    return f"no smallest detectable change in `{p.metric}` can be stated ({p.basis})"
 
 
 def verdict_lines(a: RunAnalysis) -> list[str]:
@@ -415,7 +422,7 @@ def render_report(run: RunRecord, analysis: RunAnalysis | None = None) -> str:
     if a.power:
         lines += ["", "## Power: what this test set can detect", ""]
         for p in a.power:
-            mde = f"{p.mde:.3f}" if p.mde is not None else "cannot be stated"
+            mde = f"{p.mde:.3f}" if p.mde is not None else _no_mde(p)
             need = f"; {a.effect:g} needs about {p.n_needed} questions" if p.n_needed else ""
             lines.append(f"- `{p.metric}`: smallest change detected with 80% power at alpha {a.alpha:g} on "
                          f"{a.n_questions} questions: {mde}{need} (from {p.basis}).")

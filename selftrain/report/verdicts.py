@@ -425,6 +425,7 @@ class PowerLine:
     mde: float | None  # smallest change detected with 80% power at alpha
     n_needed: int | None  # questions needed for the configured effect
     basis: str  # where the discordance / spread came from
+    ceiling: float | None = None  # mde None: the largest change possible (the discordance) is below 80%
 
 
 def power_lines(
@@ -445,6 +446,7 @@ def power_lines(
                 stats.paired_binary_mde(n_questions, disc, alpha),
                 stats.paired_binary_n_needed(disc, effect, alpha),
                 basis,
+                ceiling=disc,
             )
         )
     else:
