@@ -802,8 +802,14 @@ def plot_rounds(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     line(axes[0], ts, [r["filtered_accuracy"] for r in rows], label="J(f_t[w]) (kept)")
     line(axes[0], ts, [r.get("heldout/pass@1") for r in rows], label="test pass@1 (greedy)", linestyle=":")
     axes[0].set_title("accuracy per round")
-    line(axes[1], ts, [r["gap"] for r in rows], label="gap")
-    line(axes[1], ts, [r["relative_gap"] for r in rows], label="relative gap")
+    for key, label in (("gap", "gap"), ("relative_gap", "relative gap")):
+        line(axes[1], ts, [r[key] for r in rows], label=label)
+        band = [(t, r[f"{key}/ci_low"], r[f"{key}/ci_high"])
+                for t, r in zip(ts, rows) if f"{key}/ci_low" in r]
+        if band:  # the 95% bootstrap interval over prompts
+            color = axes[1].get_lines()[-1].get_color()
+            axes[1].fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+                                 color=color, alpha=0.15, linewidth=0)
     line(
         axes[1],
         ts[1:],
