@@ -187,6 +187,9 @@ def test_round_metrics_by_hand():
     assert m["kept_correct_fraction"] == pytest.approx(2 / 3)
     assert m["pass@k/1"] == pytest.approx(m["accuracy"])
     assert m["pass@k/4"] == pytest.approx(2 / 3)
+    # every per-prompt gap is 0, so every resample's mean is 0: a degenerate interval at 0
+    assert (m["gap/ci_low"], m["gap/ci_high"]) == (0.0, 0.0)
+    assert (m["relative_gap/ci_low"], m["relative_gap/ci_high"]) == (0.0, 0.0)
 
 
 def test_decomposition_arithmetic():
