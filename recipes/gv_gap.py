@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 from selftrain import dist
 from selftrain.config import ConfigError, parse_cli, to_dict
+from selftrain.loop.run_folder import claim_run_folder, exit_cleanly, release_run_folder
 from selftrain.loop.stages import run_stage
 from selftrain.report import RunLogger, write_json_atomic, write_text_atomic
 from selftrain.tasks import get_task
@@ -408,6 +409,14 @@ def run(cfg: GVGapConfig, sampler_factory: Callable[[str], Any] | None = None) -
     if not cfg.out_dir:
         raise ConfigError("out_dir=DIR is required")
     out = Path(cfg.out_dir)
+    claim_run_folder(out)  # one live run per folder; SIGINT / SIGTERM stop it cleanly
+    try:
+        return _run_stages(cfg, out, sampler_factory)
+    finally:
+        release_run_folder(out)
+
+
+def _run_stages(cfg: GVGapConfig, out: Path, sampler_factory: Callable[[str], Any] | None) -> dict[str, Any]:
     stages = out / "stages"
     task = get_task(cfg.task)
     split = cfg.split or task.eval_split
@@ -444,7 +453,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     dist.init_distributed()
     try:
-        run(cfg)
+        exit_cleanly(lambda: run(cfg))
     except ConfigError as err:
         print(f"gv_gap: {err}", file=sys.stderr)
         return 2

@@ -59,6 +59,7 @@ from .engine import (
     wandb_run_id,
 )
 from .evaluation import evaluate_model, sample_metrics
+from .run_folder import claim_run_folder, release_run_folder
 from .steps import BuildOptions, SampledQuestion, get_step_kind, is_correct
 
 UPDATES = ("sft", "rpo")
@@ -334,6 +335,7 @@ class IterVerifyEngine:
         from ..models import load_tokenizer
 
         dist.init_distributed()
+        claim_run_folder(self.root)  # one live run per folder; SIGINT / SIGTERM stop it cleanly
         self._check_or_write_config()
         cfg = self.cfg
         self.tokenizer = load_tokenizer(cfg.model)
@@ -411,8 +413,8 @@ class IterVerifyEngine:
             self._verifier_samplers.release()
 
     # ------------------------------------------------------------------ stages
-    def _stage(self, t: int, name: str, compute: Any, describe: Any) -> Path:
-        return run_logged_stage(self.round_dir(t), name, compute, describe, f"round {t}")
+    def _stage(self, t: int, name: str, compute: Any, describe: Any, outputs: tuple[str, ...] = ()) -> Path:
+        return run_logged_stage(self.round_dir(t), name, compute, describe, f"round {t}", outputs)
 
     def _questions(self, t: int) -> list[SampledQuestion]:
         rows = read_jsonl(self.round_dir(t) / "sample" / "samples.jsonl")
@@ -602,7 +604,8 @@ class IterVerifyEngine:
         def describe(folder: Path) -> str:
             return describe_train_result(folder, f"f_{t + 1}", f"f_{t}")
 
-        return self._stage(t, "train", compute, describe)
+        # the checkpoint lives beside the stage (round_t/trainer, the trainer's own resumable folder)
+        return self._stage(t, "train", compute, describe, outputs=("trainer",))
 
     # ------------------------------------------------------------------ rows and report
     def round_row(self, t: int) -> dict[str, Any]:
@@ -689,12 +692,15 @@ class IterVerifyEngine:
 def run_iter_verify(cfg: IterVerifyConfig) -> dict[str, Any]:
     """Set up, run (or resume) and report one experiment; returns f_T's row (every rank)."""
     engine = IterVerifyEngine(cfg)
-    engine.setup()
     try:
-        final = engine.run()
+        engine.setup()
+        try:
+            final = engine.run()
+        finally:
+            engine.finish()
+        dist.barrier()
     finally:
-        engine.finish()
-    dist.barrier()
+        release_run_folder(cfg.run_dir)
     return final
 
 
