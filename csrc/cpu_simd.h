@@ -9,6 +9,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -92,12 +93,24 @@ static inline int cpu_has_avx2_fma(void) {
 #ifdef Py_PYTHON_H
 /* A kernel module's PyInit: creates the module, calls use_avx2() (which points the kernel's
  * function pointers at their AVX2+FMA builds) when the CPU has both, and records which build runs
- * in the module's ISA attribute. */
+ * in the module's ISA attribute.  SELFTRAIN_CPU_KERNELS=baseline forces the baseline build (so an
+ * AVX2 or AVX-512 machine can test the code an older CPU runs); unset, empty or "best" picks the
+ * best build the CPU can run; any other value fails the import, naming the variable. */
 static inline PyObject *create_kernel_module(PyModuleDef *def, void (*use_avx2)(void)) {
+    const char *want = getenv("SELFTRAIN_CPU_KERNELS");
+    int force_baseline = 0;
+    if (want && *want && strcmp(want, "best") != 0) {
+        if (strcmp(want, "baseline") != 0) {
+            PyErr_Format(PyExc_ImportError,
+                         "SELFTRAIN_CPU_KERNELS=%s: expected 'baseline' or 'best' (or unset)", want);
+            return NULL;
+        }
+        force_baseline = 1;
+    }
     PyObject *m = PyModule_Create(def);
     if (!m) return NULL;
     const char *isa = "baseline";
-    if (cpu_has_avx2_fma()) {
+    if (!force_baseline && cpu_has_avx2_fma()) {
         use_avx2();
         isa = "avx2+fma";
     }

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 from selftrain import dist
 from selftrain.config import ConfigError, parse_cli, to_dict
+from selftrain.loop.run_folder import claim_run_folder, exit_cleanly, release_run_folder
 from selftrain.loop.stages import run_stage
 from selftrain.report import RunLogger, write_json_atomic, write_text_atomic
 from selftrain.tasks import get_task
@@ -384,6 +385,11 @@ def write_outputs(cfg: GVGapConfig, out: Path, report: dict[str, Any], generatio
         for s in specs:
             for key in ("gap", "relative_gap", "filtered_accuracy", "kept_fraction"):
                 metrics[f"{prefix}/{s.label()}/{key}"] = r["results"][s.text][key]
+            for key in ("gap", "relative_gap"):  # the question-bootstrap interval beside the value
+                ci = r["results"][s.text].get(f"{key}_ci")
+                if ci:
+                    metrics[f"{prefix}/{s.label()}/{key}/ci_low"] = ci[0]
+                    metrics[f"{prefix}/{s.label()}/{key}/ci_high"] = ci[1]
         for m, rate in r["unparseable_rate"].items():
             metrics[f"{prefix}/unparseable/{m}"] = rate
     logger.log(metrics, step=0)
@@ -403,6 +409,14 @@ def run(cfg: GVGapConfig, sampler_factory: Callable[[str], Any] | None = None) -
     if not cfg.out_dir:
         raise ConfigError("out_dir=DIR is required")
     out = Path(cfg.out_dir)
+    claim_run_folder(out)  # one live run per folder; SIGINT / SIGTERM stop it cleanly
+    try:
+        return _run_stages(cfg, out, sampler_factory)
+    finally:
+        release_run_folder(out)
+
+
+def _run_stages(cfg: GVGapConfig, out: Path, sampler_factory: Callable[[str], Any] | None) -> dict[str, Any]:
     stages = out / "stages"
     task = get_task(cfg.task)
     split = cfg.split or task.eval_split
@@ -439,7 +453,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     dist.init_distributed()
     try:
-        run(cfg)
+        exit_cleanly(lambda: run(cfg))
     except ConfigError as err:
         print(f"gv_gap: {err}", file=sys.stderr)
         return 2

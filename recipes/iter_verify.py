@@ -17,6 +17,7 @@ import sys
 
 from selftrain import dist
 from selftrain.config import ConfigError, parse_cli
+from selftrain.loop.run_folder import exit_cleanly
 
 
 def main(argv: list[str]) -> int:
@@ -27,7 +28,7 @@ def main(argv: list[str]) -> int:
     except (ConfigError, ValueError) as err:
         print(f"iter_verify: config error: {err}", file=sys.stderr)
         return 2
-    run_iter_verify(cfg)
+    exit_cleanly(lambda: run_iter_verify(cfg))
     if dist.is_main():
         print((cfg.run_dir / "report.md").read_text())
         print(f"report: {cfg.run_dir / 'report.md'}")

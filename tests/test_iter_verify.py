@@ -187,6 +187,9 @@ def test_round_metrics_by_hand():
     assert m["kept_correct_fraction"] == pytest.approx(2 / 3)
     assert m["pass@k/1"] == pytest.approx(m["accuracy"])
     assert m["pass@k/4"] == pytest.approx(2 / 3)
+    # every per-prompt gap is 0, so every resample's mean is 0: a degenerate interval at 0
+    assert (m["gap/ci_low"], m["gap/ci_high"]) == (0.0, 0.0)
+    assert (m["relative_gap/ci_low"], m["relative_gap/ci_high"]) == (0.0, 0.0)
 
 
 def test_decomposition_arithmetic():
@@ -308,7 +311,8 @@ def test_resume_after_crash_skips_finished_stages_and_matches(fakes, tmp_path):
     FakeTrainer.calls, FakeTrainer.crash_at_call = [], 2  # dies while training f_2
     with pytest.raises(KeyboardInterrupt):
         run_iter_verify(make_cfg(out))
-    assert (out / "round_1" / ".train.partial").is_dir() and not (out / "round_1" / "train").exists()
+    # an interrupt (like SIGINT / SIGTERM) removes the unfinished stage's partial folder
+    assert not (out / "round_1" / ".train.partial").exists() and not (out / "round_1" / "train").exists()
     assert [r["iteration"] for r in rows_of(out)] == [0]
     with open(out / "metrics.jsonl", "a") as fh:  # and a torn line, as a kill mid-append leaves
         fh.write('{"iteration": 1, "accur')
@@ -341,7 +345,10 @@ def test_changed_settings_on_resume_are_refused(fakes, tmp_path):
     rows = rows_of(out)
     assert [r["iteration"] for r in rows] == [0, 1, 1, 2]  # f_1's row again, now with its update
     assert "train/skipped" not in rows[1] and rows[2]["train/skipped"] == 0
-    assert "| 1 | 50.00 | 66.67 | +16.67 | +33.33 | 75.00 | 66.67 | 0.00 | 9 | sft, 9 steps |" in (
+    # gap and relative gap with their bootstrap interval over prompts (every prompt alike here: degenerate)
+    row = ("| 1 | 50.00 | 66.67 | +16.67 [+16.7, +16.7] | +33.33 [+33.3, +33.3] | 75.00 | 66.67 | 0.00 | 9 | "
+           "sft, 9 steps |")
+    assert row in (
         out / "report.md").read_text()
 
 

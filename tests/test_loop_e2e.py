@@ -9,7 +9,11 @@ M1 = gold SFT, M2 = DPO(M1) with reference M1 — the trainer's SFT and DPO path
 2. `recipes/evaluate.py` in ONE process on M0 and on that run's M1: the same numbers as the
    2-process run's evaluation of the same weights (sharded evaluation = one process);
 3. the same 2-process run killed with SIGKILL at a random stage, then re-run: the same metrics as
-   the uninterrupted run (set SELFTRAIN_KILL_POINT to one of KILL_POINTS to pin the stage).
+   the uninterrupted run (set SELFTRAIN_KILL_POINT to one of KILL_POINTS to pin the stage). The
+   run blocks at the kill point (SELFTRAIN_HOLD_AT, loop/stages.py) until it is killed, so the
+   kill cannot land anywhere else;
+4. that run folder with a truncated samples.jsonl and a damaged checkpoint shard: both are named,
+   their stages recomputed, and the metrics are again the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -50,15 +54,30 @@ LOOP = [
     "dpo.micro_batch_size=2",
     *SHARED,
 ]
-# Stage folders whose appearance triggers the kill (".x.partial" = stage x is running).
+# Where the run blocks until it is killed (SELFTRAIN_HOLD_AT): a stage before its compute starts,
+# or after its compute wrote everything but before the stage is published.
 KILL_POINTS = [
-    "iter_0/.eval.partial",
-    "iter_1/.train.partial",
-    "iter_2/.sample.partial",
-    "iter_2/.train.partial",
-    "iter_2/.eval.partial",
-    "iter_2/eval",
+    "iter_0/eval@before",
+    "iter_1/train@after",
+    "iter_2/sample@before",
+    "iter_2/train@after",
+    "iter_2/eval@after",
 ]
+
+
+def held_marker(out: Path, point: str) -> Path:
+    """The file rank 0 creates once the run blocks at `point`."""
+    stage = point.partition("@")[0]
+    parent, name = stage.rsplit("/", 1)
+    return out / parent / f".{name}.partial" / ".held"
+
+
+def wait_until_held(proc: subprocess.Popen, marker: Path, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, f"the run ended before reaching {marker} (exit {proc.returncode})"
+        assert time.monotonic() < deadline, f"timed out waiting for {marker}"
+        time.sleep(0.05)
 
 
 def _process_tree(root: int) -> list[int]:
@@ -185,23 +204,23 @@ def test_killed_run_resumes_to_the_same_metrics(reference_run, tmp_path):
     proc = subprocess.Popen(
         recipe_command("iter_dpo", args, 2),
         cwd=REPO,
-        env=subprocess_env(),
+        env={**subprocess_env(), "SELFTRAIN_HOLD_AT": point},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 400
     try:
-        while not (out / point).exists():
-            assert proc.poll() is None, f"the run ended before reaching {point} (exit {proc.returncode})"
-            assert time.monotonic() < deadline, f"timed out waiting for {point}"
-            time.sleep(0.05)
-        time.sleep(random.uniform(0.0, 0.5))
+        wait_until_held(proc, held_marker(out, point))
     finally:
         _kill_tree(proc.pid)
         proc.wait()
-    assert not (out / "iter_2" / "eval" / ".done").exists() or point == "iter_2/eval", point
+    stage = out / point.partition("@")[0]
+    assert not (stage / ".done").exists() and not (out / "iter_2" / "eval" / ".done").exists(), point
     run_recipe("iter_dpo", args, procs=2)
+    _assert_same_rows(reference_run, out, point)
+
+
+def _assert_same_rows(reference_run: Path, out: Path, point: str) -> None:
     expected, got = _rows(reference_run), _rows(out)
     assert [r["iteration"] for r in got] == [0, 1, 2], point
     for want, have in zip(expected, got):
@@ -214,3 +233,28 @@ def test_killed_run_resumes_to_the_same_metrics(reference_run, tmp_path):
                 want[key],
                 have[key],
             )
+
+
+def test_damaged_artifacts_are_named_and_recomputed(reference_run, tmp_path):
+    """A truncated samples.jsonl and a bit flip in M1's checkpoint shard: the rerun names both,
+    recomputes their stages (and only those), and ends with the uninterrupted run's metrics."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out, ignore=shutil.ignore_patterns(".lock"))
+    samples = out / "iter_2" / "sample" / "samples.jsonl"
+    samples.write_bytes(samples.read_bytes()[: samples.stat().st_size // 2])
+    shard = next((out / "iter_1" / "trainer" / "model").rglob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, the size unchanged
+    shard.write_bytes(bytes(data))
+    eval_done = (out / "iter_0" / "eval" / ".done").stat().st_mtime_ns
+    proc = run_recipe("iter_dpo", [*LOOP, f"out_dir={out}"], procs=2)
+    assert f"{samples}: " in proc.stderr and "bytes" in proc.stderr, proc.stderr[-3000:]
+    assert f"{shard}: contents changed" in proc.stderr, proc.stderr[-3000:]
+    assert (out / "iter_0" / "eval" / ".done").stat().st_mtime_ns == eval_done  # intact: not recomputed
+    from selftrain.loop.stages import damaged_files
+
+    for stage in ("iter_1/train", "iter_2/sample"):
+        assert damaged_files(out / stage) == [], stage
+    _assert_same_rows(reference_run, out, "damaged")

@@ -119,7 +119,7 @@ def no_plots(monkeypatch):
     """Plots cost ~0.3 s each; only the full-run test draws them."""
     import selftrain.report.summary
 
-    monkeypatch.setattr(selftrain.report.summary, "plot_run", lambda run, folder: [])
+    monkeypatch.setattr(selftrain.report.summary, "plot_run", lambda run, folder, *rest: [])
 
 
 def make_cfg(out: Path, **kw) -> LoopConfig:
@@ -246,3 +246,66 @@ def test_rerun_with_other_settings_is_refused(fakes, no_plots, tmp_path):
     run_loop(make_cfg(out, iterations=1), show_progress=False)
     with pytest.raises(ConfigMismatchError, match="seed"):
         run_loop(make_cfg(out, iterations=1, seed=5), show_progress=False)
+
+
+def test_replicates_resume_and_pool(fakes, no_plots, tmp_path):
+    """replicates=2: replicate 1 is the same loop with its own seed in replicate_1/; a crash inside it
+    resumes there only; the report pools both replicates."""
+    reference = tmp_path / "ref"
+    run_loop(make_cfg(reference, replicates=2), show_progress=False)
+    expected = rows_of(reference / "replicate_1")
+
+    TRAIN_CALLS.clear()
+    FAIL["at"] = 5  # replicate 0 trains 3 times; the 5th call is replicate 1's SFT step at t = 2
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_loop(make_cfg(out, replicates=2), show_progress=False)
+    assert [r["iteration"] for r in rows_of(out)] == [0, 1, 2, 3]
+    assert [r["iteration"] for r in rows_of(out / "replicate_1")] == [0, 1]
+    FAIL.clear()
+    TRAIN_CALLS.clear()
+    run_loop(make_cfg(out, replicates=2), show_progress=False)
+    assert [c["loss"] for c in TRAIN_CALLS] == ["sft", "dpo"]  # only replicate 1's unfinished stages
+    assert all(c["out_dir"].startswith(str(out / "replicate_1")) for c in TRAIN_CALLS)
+    assert rows_of(out / "replicate_1") == expected
+
+    cfg0 = json.loads((out / "config.json").read_text())
+    cfg1 = json.loads((out / "replicate_1" / "config.json").read_text())
+    assert cfg0["replicates"] == 2 and cfg1["seed"] != cfg0["seed"]
+    samples0 = (out / "iter_2" / "sample" / "samples.jsonl").read_text()
+    assert samples0 != (out / "replicate_1" / "iter_2" / "sample" / "samples.jsonl").read_text()
+
+    report = (out / "report.md").read_text()
+    assert "pooled over 2 replicate runs" in report
+    assert "## Replicates: mean ± standard deviation over 2 runs" in report
+    head = next(
+        v for v in json.loads((out / "verdicts.json").read_text())
+        if (v["metric"], v["baseline"], v["model"]) == ("coverage", "M1", "M3")
+    )
+    c0, c1 = rows_of(out)[3]["coverage"], expected[3]["coverage"]
+    assert head["value"] == pytest.approx((c0 + c1) / 2)
+    assert head["ci_low"] <= head["delta"] <= head["ci_high"]
+
+
+def test_evaluate_recipe_reports_paired_verdicts_and_logs_intervals(fakes, no_plots, tmp_path):
+    from selftrain.loop.recipe import EvaluateConfig, evaluate_checkpoints
+
+    run = tmp_path / "run"
+    run_loop(make_cfg(run, iterations=1), show_progress=False)
+    out = tmp_path / "eval"
+    cfg = EvaluateConfig(
+        checkpoints=["fake-base", str(run / "iter_1" / "trainer" / "model")],
+        is_reference=0,
+        out_dir=str(out),
+        data=DataSection(task_options=dict(ARITH)),
+        eval=EvalSection(n_samples=4, is_ns=[2, 4], semantic=False),
+        wandb=WandbSection(mode="disabled"),
+    )
+    evaluate_checkpoints(cfg, show_progress=False)
+    rows = rows_of(out)
+    assert rows[1]["pass@1/ci_low"] <= rows[1]["pass@1"] <= rows[1]["pass@1/ci_high"]
+    assert "is/m1_pass@2/ci_low" in rows[1] or rows[1]["is/size"] == 0
+    report = (out / "report.md").read_text()
+    assert "M1 against M0 on the same 9 test questions" in report
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert {(v["baseline"], v["model"]) for v in verdicts} == {("M0", "M1")}

@@ -129,3 +129,12 @@ def test_evaluate_model_uses_the_first_n_samples_and_keeps_the_extra_ones():
     assert out.details["extra_n"] == 4 and out.details["greedy_rewards"] == [1.0, 0.0, 1.0, 0.0]
     assert len(out.sample_rows[0]["responses"]) == 4
     assert m["greedy/truncated"] == 0.0
+    # what the report's intervals and paired tests need, per question (docs/metrics.md)
+    d = out.details
+    assert d["levels"] == [1, 2, 1, 2] and d["greedy_truncated"] == [0, 0, 0, 0]
+    assert d["ood_ids"] == ["0", "1", "2", "3"] and d["ood_levels"] == [1, 1, 5, 5]
+    assert d["ood_low_high"] == [1, 5]
+    # samples "ok i" / "no 1" per question (first 2): one correct and one incorrect -> groups of 1, skipped
+    assert d["diversity"]["diversity/correct/distinct_n"] == [None] * 4
+    assert set(d["diversity"]) == {f"diversity/{g}/{m}" for g in ("correct", "incorrect")
+                                   for m in ("distinct_n", "equations")}

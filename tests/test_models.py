@@ -55,6 +55,16 @@ def test_folder_without_config_names_the_path(tmp_path):
         load_model(str(tmp_path))
 
 
+def test_folder_without_weights_names_the_path(tmp_path):
+    from selftrain.sampler import Sampler
+
+    out = save_checkpoint(load_model("tiny-random"), load_tokenizer("tiny-random"), tmp_path / "ckpt")
+    (out / "model.safetensors").unlink()  # config and tokenizer, no weights
+    for load in (load_model, Sampler):
+        with pytest.raises(ModelLoadError, match=rf"{out}.*no file named model\.safetensors"):
+            load(str(out))
+
+
 def test_corrupt_weights_name_the_path(tmp_path):
     model = load_model("tiny-random")
     out = save_checkpoint(model, load_tokenizer("tiny-random"), tmp_path / "ckpt")

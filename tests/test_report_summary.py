@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from selftrain.metrics import stats
 from selftrain.report import load_run, report_runs, write_run_report
 from selftrain.report.__main__ import main as report_cli
-from selftrain.report.summary import direction, render_report, suggestion, verdict
+from selftrain.report.summary import direction, render_report, suggestion
 
 
 def _row(t: int, pass1: float, cov: float, disparity: float | None, kind: str) -> dict:
@@ -75,13 +78,11 @@ def test_load_run_ignores_a_torn_tail_and_keeps_the_last_row_per_iteration(tmp_p
 
 
 def test_verdict_directions():
-    assert verdict("pass@1", 0.3, 0.4) == "progressed"
-    assert verdict("diversity/correct/semantic", 0.3, 0.1) == "regressed"
-    assert verdict("ood/group_disparity", 0.5, 0.6) == "regressed"  # a wider gap is worse
-    assert verdict("ood/group_disparity", 0.5, 0.4) == "progressed"
-    assert verdict("coverage", 0.6, 0.6) == "unchanged"
-    assert verdict("ood/group_disparity", None, 0.4) == "undefined"
-    assert verdict("data/records", 1, 2) is None and direction("diversity/correct/n_questions") == 0
+    assert direction("pass@1") == 1 and direction("diversity/correct/semantic") == 1
+    assert direction("ood/group_disparity") == -1  # a wider gap is worse
+    assert direction("greedy/truncated") == -1
+    assert direction("data/records") == 0 and direction("diversity/correct/n_questions") == 0
+    assert direction("pass@1/ci_low") == 0 and direction("is/m1_pass@4") == 0
 
 
 def test_paper_a_suggestion_from_m1_coverage():
@@ -90,19 +91,18 @@ def test_paper_a_suggestion_from_m1_coverage():
     assert "not known" in suggestion(None)
 
 
-def test_report_lists_every_metric_per_iteration_and_a_verdict_line(tmp_path):
+def test_report_without_per_question_data_lists_every_metric_and_says_why_verdicts_are_undefined(tmp_path):
     run = load_run(make_run(tmp_path / "r", "iter_sft_dpo", ROWS))
     text = render_report(run)
     assert "| metric | M0 | M1 | M2 | M3 |" in text
     for key in ROWS[3]:
         if key not in ("iteration", "step", "step_kind"):
             assert f"| `{key}` |" in text, key
-    assert "- `pass@1`: **progressed** since M1 (0.3000 → 0.4000 at M3, +0.1000)" in text
-    assert "- `diversity/correct/semantic`: **regressed**" in text
-    assert "- `ood/group_disparity`: **regressed**" in text
+    assert "- `pass@1`: **undefined** (no per-question data:" in text
     assert "`data/records`: **" not in text  # bookkeeping gets no verdict
     assert "M1's correct-answer coverage is 0.600 > 0.5" in text
     assert "M1 reaches 0.7500 on the 3 questions of IS(3)" in text
+    assert "## Unavailable" in text and "details.json does not exist" in text
 
 
 def test_report_before_any_step_after_m1(tmp_path):
@@ -139,3 +139,204 @@ def test_small_values_are_not_printed_as_zero():
     assert _fmt(0.0) == "0.0000"
     assert _fmt(0.25) == "0.2500"
     assert _fmt(12345.0) == "1.234e+04"
+
+
+# ------------------------------------------------------------------ runs with per-question data
+
+
+def synthetic_run(folder: Path, greedy: list, coverage_p: list, q: int, n: int = 8, seed: int = 0,
+                  old: bool = False, n_ood: int = 50) -> Path:
+    """A loop run folder with every model's eval details, as evaluate_model writes them.
+
+    greedy[t] / coverage_p[t]: model t's per-question probability of a correct greedy answer / of a
+    correct sample (arrays of length q, or a 0/1 array used as is for greedy when `exact`)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    cfg = {"paradigm": "iter_sft_dpo", "name": "", "model": "m", "task": "arith",
+           "iterations": len(greedy) - 1, "n_samples": 8, "seed": 0,
+           "eval": {"n_samples": n, "is_ns": [2, 4, 8], "equations": True}}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    levels = [1 + i % 3 for i in range(q)]
+    ood_levels = [1 + i % 5 for i in range(n_ood)]
+    ood_p = np.linspace(0.9, 0.3, n_ood)  # level 1 is easy: the disparity is defined
+    rows = []
+    for t, (g, cp) in enumerate(zip(greedy, coverage_p)):
+        g = np.asarray(g)
+        flags = g.astype(int) if set(np.unique(g)) <= {0, 1} and g.dtype.kind == "i" else (rng.random(q) < g)
+        flags = np.asarray(flags, dtype=int)
+        correct = rng.binomial(n, cp)
+        ood = (rng.random(n_ood) < ood_p).astype(int)
+        details = {
+            "ids": [f"q{i}" for i in range(q)], "greedy_rewards": flags.tolist(), "n_samples": n,
+            "sample_correct": correct.tolist(), "extra_n": n, "extra_correct": correct.tolist(),
+            "ood_rewards": ood.tolist(),
+        }
+        if not old:
+            details.update({
+                "levels": levels, "greedy_truncated": [0] * q, "ood_ids": [f"o{i}" for i in range(n_ood)],
+                "ood_levels": ood_levels, "ood_low_high": [1, 5],
+                "diversity": {"diversity/correct/distinct_n": rng.beta(5, 3, q).tolist(),
+                              "diversity/incorrect/distinct_n": [None if i % 7 == 0 else float(v)
+                                                                 for i, v in enumerate(rng.beta(3, 3, q))]},
+            })
+        ev = folder / f"iter_{t}" / "eval"
+        ev.mkdir(parents=True)
+        (ev / "details.json").write_text(json.dumps(details))
+        (ev / "greedy.jsonl").write_text("".join(
+            json.dumps({"id": f"q{i}", "response": "r", "reward": int(flags[i]), "finish_reason": "stop"})
+            + "\n"
+            for i in range(q)))
+        (ev / "samples.jsonl").write_text("".join(
+            json.dumps({"id": f"q{i}", "responses": ["2 + 3 = 5", "2 + 3 = 5", "one two", "one three"],
+                        "rewards": [1, 1, 0, 0]}) + "\n" for i in range(q)))
+        row = {"iteration": t, "step": t, "step_kind": "sft", "pass@1": float(flags.mean()),
+               "coverage": float((correct / n).mean()), "ood/accuracy": float(ood.mean()), "data/records": 3}
+        rows.append(row)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def _verdicts(folder: Path) -> list[dict]:
+    return json.loads((folder / "verdicts.json").read_text())
+
+
+def test_verdicts_json_schema_churn_and_step_table(tmp_path):
+    q = 40
+    m1 = np.array([1] * 10 + [0] * 30)
+    m2 = np.array([1] * 8 + [0] * 2 + [1] * 5 + [0] * 25)  # gains 5, loses 2 against M1
+    m3 = np.array([0] * 10 + [1] * 12 + [0] * 18)  # gains 12, loses 10 against M1
+    probs = [np.full(q, 0.3)] * 4
+    folder = synthetic_run(tmp_path / "r", [np.zeros(q, dtype=int), m1, m2, m3], probs, q)
+    report = write_run_report(folder, plots=True).read_text()
+    rows = _verdicts(folder)
+    keys = {"metric", "baseline", "model", "baseline_value", "value", "delta", "ci_low", "ci_high", "p_value",
+            "p_adjusted", "verdict"}
+    assert rows and all(set(r) == keys for r in rows)
+    assert {r["verdict"] for r in rows} <= {"progressed", "regressed", "no detectable change", "undefined"}
+    # M3 vs M1, then every step M_t vs M_{t-1} (M2 vs M1 is a step, M3 vs M1 the headline)
+    pairs = list(dict.fromkeys((r["baseline"], r["model"]) for r in rows))
+    assert pairs == [("M1", "M3"), ("M0", "M1"), ("M1", "M2"), ("M2", "M3")]
+    head = next(r for r in rows if (r["baseline"], r["model"], r["metric"]) == ("M1", "M3", "pass@1"))
+    assert head["baseline_value"] == 0.25 and head["value"] == 0.3 and head["delta"] == pytest.approx(0.05)
+    assert head["p_value"] == pytest.approx(stats.mcnemar_exact(12, 10))
+    assert head["ci_low"] < 0 < head["ci_high"] and head["verdict"] == "no detectable change"
+    for r in rows:
+        if r["verdict"] != "undefined":
+            assert r["p_adjusted"] >= r["p_value"] and r["ci_low"] <= r["delta"] <= r["ci_high"]
+    # churn: the McNemar counts, per iteration, against M1
+    assert "| M2 | 5 | 2 | +3 |" in report and "| M3 | 12 | 10 | +2 |" in report
+    assert "M3 solves 12 questions M1 fails and fails 10 that M1 solves (net +2)" in report
+    assert "| metric | M0 → M1 | M1 → M2 | M2 → M3 |" in report
+    assert "## Summary" in report.split("## Progress or regress")[0]
+    assert "This test set cannot resolve" in report and "a change in `pass@1` smaller than" in report
+    assert re.search(r"\| `pass@1` \| 0\.0000 \[0\.000, 0\.0\d\d\] \| 0\.2500 \[0\.14\d, 0\.40\d\]", report)
+    assert (folder / "plots" / "churn.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_models_identical_in_distribution_show_no_detectable_change(tmp_path):
+    q, rng = 300, np.random.default_rng(5)
+    p = rng.beta(0.7, 0.9, q)
+    folder = synthetic_run(tmp_path / "r", [p] * 4, [p] * 4, q, seed=7)
+    write_run_report(folder, plots=False)
+    rows = _verdicts(folder)
+    assert len(rows) >= 4 * 15
+    moved = [(r["baseline"], r["model"], r["metric"]) for r in rows if r["verdict"] != "no detectable change"]
+    assert not moved
+
+
+def test_a_real_change_is_detected_with_its_direction(tmp_path):
+    q, rng = 300, np.random.default_rng(6)
+    p = rng.beta(0.7, 0.9, q)
+    better = np.clip(p + 0.25, 0, 1)
+    folder = synthetic_run(tmp_path / "r", [p, p, p, better], [p, p, p, better], q, seed=8)
+    write_run_report(folder, plots=False)
+    by = {r["metric"]: r for r in _verdicts(folder) if (r["baseline"], r["model"]) == ("M1", "M3")}
+    assert by["pass@1"]["verdict"] == "progressed" and by["coverage"]["verdict"] == "progressed"
+    assert by["pass@1"]["ci_low"] > 0 and by["pass@1"]["p_adjusted"] < 0.05
+
+
+def test_regenerated_report_is_byte_identical(tmp_path):
+    q, rng = 60, np.random.default_rng(9)
+    p = rng.random(q)
+    folder = synthetic_run(tmp_path / "r", [p] * 3, [p] * 3, q)
+    write_run_report(folder)
+    first = (folder / "report.md").read_bytes(), (folder / "verdicts.json").read_bytes()
+    assert report_cli([str(folder)]) == 0
+    assert ((folder / "report.md").read_bytes(), (folder / "verdicts.json").read_bytes()) == first
+
+
+def test_a_run_folder_from_before_per_question_levels_is_reported(tmp_path):
+    q, rng = 30, np.random.default_rng(10)
+    p = rng.random(q)
+    folder = synthetic_run(tmp_path / "r", [p] * 3, [p] * 3, q, old=True)
+    text = write_run_report(folder, plots=True).read_text()
+    assert "## Unavailable" in text
+    assert "- `pass@1/level_*`: details.json predates per-question levels" in text
+    assert "semantic diversity needs the sentence encoder" in text
+    by = {r["metric"]: r for r in _verdicts(folder) if r["model"] == "M2" and r["baseline"] == "M1"}
+    assert by["pass@1"]["verdict"] != "undefined" and by["ood/accuracy"]["verdict"] != "undefined"
+    # distinct-n recomputed from samples.jsonl (every question: the same four answers)
+    assert by["diversity/correct/distinct_n"]["delta"] == 0.0
+    assert "greedy/truncated" in by  # from greedy.jsonl's finish reasons
+
+
+def test_paired_tests_between_runs_on_the_same_questions(tmp_path):
+    q, rng = 80, np.random.default_rng(11)
+    p = rng.random(q)
+    a = synthetic_run(tmp_path / "a", [p] * 3, [p] * 3, q, seed=1)
+    b = synthetic_run(tmp_path / "b", [p] * 3, [p] * 3, q, seed=2)
+    text = report_runs([a, b], tmp_path / "cmp").read_text()
+    assert "## Paired tests against `iter_sft_dpo`" in text
+    rows = json.loads((tmp_path / "cmp" / "comparison_verdicts.json").read_text())
+    assert {r["baseline"] for r in rows} == {"iter_sft_dpo:M0", "iter_sft_dpo:M1", "iter_sft_dpo:M2"}
+    first = next(r for r in rows if r["metric"] == "pass@1" and r["baseline"] == "iter_sft_dpo:M1")
+    ga = np.array(json.loads((a / "iter_1" / "eval" / "details.json").read_text())["greedy_rewards"])
+    gb = np.array(json.loads((b / "iter_1" / "eval" / "details.json").read_text())["greedy_rewards"])
+    gained, lost = int(((gb == 1) & (ga == 0)).sum()), int(((ga == 1) & (gb == 0)).sum())
+    assert first["p_value"] == pytest.approx(stats.mcnemar_exact(gained, lost))
+
+
+def test_interval_keys_for_wandb(tmp_path):
+    from selftrain.report.verdicts import interval_row
+
+    q = 40
+    flags = np.array([1] * 9 + [0] * 31)
+    folder = synthetic_run(tmp_path / "r", [flags, flags, flags], [np.full(q, 0.3)] * 3, q)
+    row = interval_row(folder, json.loads((folder / "config.json").read_text()), 2, 1)
+    assert (row["pass@1/ci_low"], row["pass@1/ci_high"]) == pytest.approx(stats.wilson_interval(9, 40))
+    assert row["coverage/ci_low"] < row["coverage/ci_high"] and "pass@k/8/ci_low" in row
+    assert "ood/group_disparity/ci_low" in row and "is/m1_pass@2/ci_low" not in row  # IS(2) is empty
+
+
+def test_stats_config_errors_name_the_key():
+    from selftrain.config import parse_cli
+    from selftrain.loop.config import LoopConfig
+
+    cases = (("stats.alpha=1.5", "stats.alpha"), ("stats.alpha=0", "stats.alpha"),
+             ("stats.power_effect=0", "stats.power_effect"),
+             ("stats.power_effect=-0.1", "stats.power_effect"))
+    for word, key in cases:
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            parse_cli(LoopConfig, [word])
+    with pytest.raises(ValueError, match="replicates=0"):
+        parse_cli(LoopConfig, ["replicates=0"])
+    assert parse_cli(LoopConfig, ["stats.alpha=0.1"]).stats.alpha == 0.1
+
+
+def test_a_bad_alpha_in_an_existing_config_json_is_named(tmp_path):
+    q = 10
+    folder = synthetic_run(tmp_path / "r", [np.full(q, 0.5)] * 2, [np.full(q, 0.5)] * 2, q)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "stats": {"alpha": 2}}))
+    with pytest.raises(ValueError, match=r"config\.json: stats\.alpha=2"):
+        write_run_report(folder, plots=False)
+
+
+def test_power_when_even_the_largest_possible_change_is_underpowered():
+    from selftrain.report.verdicts import ModelData, power_lines
+
+    base = ModelData("M1", greedy=np.array([1.0] * 4 + [0.0] * 36))
+    (line,) = power_lines(None, base, 40, 0.05, 0.05)  # no comparison yet: 2 p (1 - p) at p = 0.1
+    assert line.mde is None and line.ceiling == pytest.approx(0.18) and line.n_needed > 40
+    (line,) = power_lines(None, base, 400, 0.05, 0.05)
+    assert stats.paired_binary_power(400, 0.18, line.mde) == pytest.approx(0.8, abs=1e-6)

@@ -3,8 +3,11 @@ stop strings, seeded sampling and batch invariance, next-token probabilities, ba
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from tolerances import assert_as_accurate, assert_greedy_matches_hf
 
 from selftrain.models import load_model, load_tokenizer
 from selftrain.sampler import Sampler
@@ -39,6 +42,12 @@ def hf():
 
 
 @pytest.fixture(scope="module")
+def hf64(hf):
+    """A float64 copy of the model: the 'truth' that fp32 comparisons measure their errors against."""
+    return copy.deepcopy(hf).double()
+
+
+@pytest.fixture(scope="module")
 def sampler(hf, tok):
     return Sampler(hf, tokenizer=tok, kv_cache_tokens=4096)
 
@@ -49,26 +58,29 @@ def hf_greedy(model, tok, prompt, max_new):
     return out[0, enc["input_ids"].shape[1]:].tolist()
 
 
-def test_greedy_matches_hf_generate_in_one_batch(sampler, hf, tok):
+def test_greedy_matches_hf_generate_in_one_batch(sampler, hf, hf64, tok):
     outs = sampler.generate(PROMPTS, max_new_tokens=24)
     assert len(outs) == len(PROMPTS) and all(len(o) == 1 for o in outs)
     for prompt, (c,) in zip(PROMPTS, outs):
-        assert c.token_ids == hf_greedy(hf, tok, prompt, 24), prompt
+        assert_greedy_matches_hf(hf, hf64, tok(prompt)["input_ids"], c.token_ids, 24, tok.pad_token_id)
         assert c.finish_reason == "length"
         assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)
 
 
-def test_logprobs_match_plain_forward(sampler, hf, tok):
+def test_logprobs_match_plain_forward(sampler, hf, hf64, tok):
     outs = sampler.generate(PROMPTS[:3], n=2, temperature=1.0, max_new_tokens=12, logprobs=True, seed=3)
     for prompt, samples in zip(PROMPTS[:3], outs):
         ids = tok(prompt)["input_ids"]
         for c in samples:
             full = torch.tensor([ids + c.token_ids])
+            rows, chosen = slice(len(ids) - 1, -1), torch.tensor(c.token_ids)[:, None]
             with torch.no_grad():
-                lp = torch.log_softmax(hf(full).logits[0].float(), -1)
-            ref = lp[len(ids) - 1 : -1].gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
+                ref = torch.log_softmax(hf(full).logits[0].float(), -1)[rows].gather(-1, chosen)[:, 0]
+                logits64 = hf64(full).logits[0][rows]
+            truth = torch.log_softmax(logits64, -1).gather(-1, chosen)[:, 0]
             assert len(c.logprobs) == len(c.token_ids)
-            assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-4)
+            scale = float(logits64.abs().max() + torch.logsumexp(logits64, -1).abs().max())
+            assert_as_accurate(torch.tensor(c.logprobs), ref, truth, scale=scale)
 
 
 def test_prefix_sharing_prefills_prompt_once(sampler):
@@ -166,7 +178,7 @@ def test_eos_stops_and_is_kept_in_token_ids(hf, tok):
     assert c.text == tok.decode(c.token_ids[:-1], skip_special_tokens=True)
 
 
-def test_token_id_prompts_and_next_token_probs(sampler, hf, tok):
+def test_token_id_prompts_and_next_token_probs(sampler, hf, hf64, tok):
     ids = [tok(p)["input_ids"] for p in PROMPTS[:3]]
     by_ids = sampler.generate(ids, max_new_tokens=6)
     by_text = sampler.generate(PROMPTS[:3], max_new_tokens=6)
@@ -174,10 +186,15 @@ def test_token_id_prompts_and_next_token_probs(sampler, hf, tok):
     cands = [" the", " Correct", 17]
     probs = sampler.next_token_probs(PROMPTS[:3], cands)
     for prompt, row in zip(PROMPTS[:3], probs):
+        enc = tok(prompt, return_tensors="pt")
         with torch.no_grad():
-            p = torch.softmax(hf(**tok(prompt, return_tensors="pt")).logits[0, -1].float(), -1)
+            p = torch.softmax(hf(**enc).logits[0, -1].float(), -1)
+            p64 = torch.softmax(hf64(**enc).logits[0, -1], -1)
         first_ids = [tok.encode(c, add_special_tokens=False)[0] if isinstance(c, str) else c for c in cands]
-        assert torch.allclose(torch.tensor(row), p[first_ids], rtol=1e-4, atol=1e-7)
+        # probabilities: relative errors, so each is compared on the scale of its own size
+        truth = p64[first_ids]
+        ratio, ref_ratio = torch.tensor(row, dtype=torch.float64) / truth, p[first_ids] / truth
+        assert_as_accurate(ratio, ref_ratio, torch.ones_like(ratio), scale=1.0)
     per_prompt = sampler.next_token_probs(PROMPTS[:2], [[" a"], [" b", " c"]])
     assert [len(r) for r in per_prompt] == [1, 2]
     assert sampler.next_token_probs([], [" a"]) == []
@@ -245,8 +262,9 @@ def test_other_families_match_hf(family, tok):
     s = Sampler(model, tokenizer=tok, kv_cache_tokens=2048)
     prompts = ["a b c d e f g", PROMPTS[3]]  # the second one passes position 32
     outs = s.generate(prompts, max_new_tokens=30)
+    model64 = copy.deepcopy(model).double()
     for prompt, (c,) in zip(prompts, outs):
-        assert c.token_ids == hf_greedy(model, tok, prompt, 30)
+        assert_greedy_matches_hf(model, model64, tok(prompt)["input_ids"], c.token_ids, 30, tok.pad_token_id)
 
 
 def test_progress_bar_reports_sequences(sampler, capsys):

@@ -4,8 +4,11 @@ the CPU and, where there is one, on a CUDA GPU (both in fp32, HF on the same dev
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from tolerances import assert_as_accurate, assert_greedy_matches_hf, padded_logits
 
 from selftrain.models import load_model, load_tokenizer
 from selftrain.sampler import Sampler
@@ -38,15 +41,22 @@ def test_smollm2_greedy_and_logprobs_match_hf(device):
     assert len(lengths) == len(prompts)  # all different lengths
     sampler = Sampler(hf, tokenizer=tok, kv_cache_tokens=8192, device=device, dtype=torch.float32)
     outs = sampler.generate(prompts, max_new_tokens=28, logprobs=True)
+    hf64 = copy.deepcopy(hf).double()  # the float64 'truth' both fp32 paths are measured against
     stopped = 0
+    fulls, rows, chosen = [], [], []
     for prompt, (c,) in zip(prompts, outs):
-        enc = tok(prompt, return_tensors="pt").to(device)
-        ref = hf.generate(**enc, max_new_tokens=28, do_sample=False, pad_token_id=tok.pad_token_id)
-        n = enc["input_ids"].shape[1]
-        assert c.token_ids == ref[0, n:].tolist(), prompt
+        ids = tok(prompt)["input_ids"]
+        assert_greedy_matches_hf(hf, hf64, ids, c.token_ids, 28, tok.pad_token_id)
         stopped += c.finish_reason == "stop"
-        with torch.no_grad():
-            lp = torch.log_softmax(hf(ref).logits[0].float(), -1)
-        want = lp[n - 1 : -1].gather(-1, ref[0, n:, None])[:, 0].cpu()
-        assert torch.allclose(torch.tensor(c.logprobs), want, atol=1e-4)
+        fulls.append(ids + c.token_ids)
+        rows.append(slice(len(ids) - 1, len(fulls[-1]) - 1))
+        chosen.append(torch.tensor(c.token_ids)[:, None])
+    # one right-padded batch per model (causal: padding after a sequence changes none of its logits)
+    logits32, logits64 = padded_logits(hf, fulls), padded_logits(hf64, fulls)
+    for i, (_, (c,)) in enumerate(zip(prompts, outs)):
+        want = torch.log_softmax(logits32[i, rows[i]].float(), -1).gather(-1, chosen[i])[:, 0]
+        l64 = logits64[i, rows[i]]
+        truth = torch.log_softmax(l64, -1).gather(-1, chosen[i])[:, 0]
+        scale = float(l64.abs().max() + torch.logsumexp(l64, -1).abs().max())
+        assert_as_accurate(torch.tensor(c.logprobs), want, truth, scale=scale)
     assert stopped >= 2  # some answers end with <|im_end|> inside 28 tokens

@@ -78,6 +78,20 @@ class SamplerSection:
 
 
 @dataclass
+class StatsSection:
+    """How the report judges progress or regress (docs/metrics.md, "Intervals and verdicts")."""
+
+    alpha: float = 0.05  # verdict level (Holm-adjusted); intervals are at 1 - alpha
+    power_effect: float = 0.05  # the change (5 points) the report says how many questions would detect
+    resamples: int = 2000  # question-bootstrap resamples
+
+    def __post_init__(self) -> None:
+        from ..metrics.stats import check_stats
+
+        check_stats(self.alpha, self.power_effect, self.resamples, "config")
+
+
+@dataclass
 class WandbSection:
     mode: str = "offline"  # offline | online | disabled (WANDB_MODE in the environment wins)
     project: str = "selftrain"
@@ -96,6 +110,9 @@ class LoopConfig:
     n_samples: int = 50  # N samples per training question at every t >= 2
     max_pairs_per_question: int | None = 8  # cap on DPO pairs per question (None = all)
     seed: int = 0
+    # K independent reruns of the whole loop (replicate r >= 1 in <run>/replicate_<r>/ with its own
+    # seed); the report pools them, so its verdicts include the training-seed spread.
+    replicates: int = 1
     data: DataSection = field(default_factory=DataSection)
     ood: OODSection = field(default_factory=OODSection)
     sampling: SamplingSection = field(default_factory=SamplingSection)
@@ -106,6 +123,7 @@ class LoopConfig:
         default_factory=lambda: TrainConfig(lr=2e-7, epochs=1, global_batch_size=32, beta=0.3)
     )
     wandb: WandbSection = field(default_factory=WandbSection)
+    stats: StatsSection = field(default_factory=StatsSection)
     # LoRA / QLoRA for every training step (None = full fine-tuning). M_t is then an adapter whose
     # base is M_{t-1} (docs/training.md, "LoRA and QLoRA": how iterations chain adapters).
     lora: LoraConfig | None = None
@@ -122,7 +140,7 @@ class LoopConfig:
             raise ValueError(
                 f"paradigm={self.paradigm!r}: unknown; registered: {', '.join(paradigm_names())}"
             )
-        check_positive(self, "iterations", "n_samples")
+        check_positive(self, "iterations", "n_samples", "replicates")
         if self.max_pairs_per_question is not None and self.max_pairs_per_question < 1:
             raise ValueError(
                 f"max_pairs_per_question={self.max_pairs_per_question}: must be >= 1 (or null for all)"
@@ -193,7 +211,8 @@ def check_eval(section: EvalSection) -> None:
 
 # Keys that may differ between the first launch of a run and a resumed one: they do not change any
 # artifact that already exists (more iterations extend the run; logging and batching are cosmetic).
-RESUMABLE_CHANGES = ("iterations", "out_dir", "wandb", "sampler")
+# stats: the report only; replicates: more replicates add folders beside the existing ones
+RESUMABLE_CHANGES = ("iterations", "out_dir", "wandb", "sampler", "stats", "replicates")
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

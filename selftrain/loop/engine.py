@@ -17,7 +17,7 @@ import gc
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .. import dist
 from ..config import to_dict
@@ -26,6 +26,7 @@ from .artifacts import JsonlTrainLogger, derive_seed, read_json, read_jsonl, say
 from .config import DataSection, LoopConfig, OODSection, config_differences
 from .evaluation import EvalData, evaluate_model, grade, improvement_metrics
 from .paradigms import GOLD_SFT, schedule, step_kind
+from .run_folder import claim_run_folder, release_run_folder
 from .stages import run_stage, stage_done
 from .steps import BuildOptions, SampledQuestion, get_step_kind, gold_sft_set, is_correct
 
@@ -180,11 +181,12 @@ def wandb_run_id(root: Path) -> str | None:
     return dist.broadcast_object(run_id)
 
 
-def run_logged_stage(root: Path, name: str, compute: Any, describe: Any, label: str) -> Path:
+def run_logged_stage(root: Path, name: str, compute: Any, describe: Any, label: str,
+                     outputs: Sequence[str] = ()) -> Path:
     """Run one stage under `root` (or skip it when finished) and print `[label] name: summary (time)`."""
     done = stage_done(root, name)
     start = time.perf_counter()
-    folder = run_stage(root, name, compute)
+    folder = run_stage(root, name, compute, outputs)
     took = "done earlier, skipped" if done else f"{time.perf_counter() - start:.1f}s"
     text = describe(folder) if dist.is_main() else ""
     say(f"[{label}] {name}: {text} ({took})")
@@ -280,6 +282,7 @@ class LoopEngine:
         dist.init_distributed()
         cfg = self.cfg
         schedule(cfg.paradigm, cfg.iterations)  # an unknown step kind fails now, not after M1 trained
+        claim_run_folder(self.root)  # one live run per folder; SIGINT / SIGTERM stop it cleanly
         self._check_or_write_config()
         self.tokenizer = load_tokenizer(cfg.model)
         self.task = load_task(cfg.task, cfg.data.task_options)
@@ -326,8 +329,8 @@ class LoopEngine:
     def iter_dir(self, t: int) -> Path:
         return self.root / f"iter_{t}"
 
-    def _stage(self, t: int, name: str, compute: Any, describe: Any) -> Path:
-        return run_logged_stage(self.iter_dir(t), name, compute, describe, f"iter {t}")
+    def _stage(self, t: int, name: str, compute: Any, describe: Any, outputs: tuple[str, ...] = ()) -> Path:
+        return run_logged_stage(self.iter_dir(t), name, compute, describe, f"iter {t}", outputs)
 
     def _source_of(self, t: int) -> int:
         """The iteration whose trained checkpoint M_t is (t itself, or earlier after empty D_t's)."""
@@ -444,7 +447,8 @@ class LoopEngine:
         def describe(folder: Path) -> str:
             return describe_train_result(folder, f"M_{t}", f"M_{t - 1}")
 
-        return self._stage(t, "train", compute, describe)
+        # the checkpoint lives beside the stage (iter_t/trainer, the trainer's own resumable folder)
+        return self._stage(t, "train", compute, describe, outputs=("trainer",))
 
     def eval_stage(self, t: int) -> Path:
         """Evaluate M_t; M1 is also sampled max(is_ns) times per test question for IS(t) later."""
@@ -481,6 +485,9 @@ class LoopEngine:
         """Everything logged for iteration t: its evaluation plus what built and trained M_t."""
         row: dict[str, Any] = {"iteration": t, "step_kind": kind or "base"}
         row.update(read_json(self.iter_dir(t) / "eval" / "metrics.json"))
+        from ..report.verdicts import interval_row  # the report's intervals, for W&B (`<key>/ci_low`)
+
+        row.update(interval_row(self.root, to_dict(self.cfg), t, 1 if t >= 2 else None))
         if t >= 1:
             build = read_json(self.iter_dir(t) / "build" / "stats.json")
             row["data/records"] = build["records"]
@@ -558,13 +565,50 @@ class LoopEngine:
         self.logger.finish()
 
 
-def run_loop(cfg: LoopConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Set up, run (or resume) and report one experiment; returns M_T's metrics."""
-    engine = LoopEngine(cfg, show_progress=show_progress)
-    engine.setup()
+def run_engine(engine: Any, run_dir: Path, release: bool = True) -> Any:
+    """Set up, run (or resume) and report one experiment of a loop engine (paper A's or paper B's);
+    the run folder claimed by its set-up is released however the run ends (unless `release` is
+    False: the caller holds it longer)."""
     try:
-        final = engine.run()
+        engine.setup()
+        try:
+            final = engine.run()
+        finally:
+            engine.finish()
+        dist.barrier()
     finally:
-        engine.finish()
-    dist.barrier()
+        if release:
+            release_run_folder(run_dir)
+    return final
+
+
+def replicate_config(cfg: LoopConfig, r: int) -> LoopConfig:
+    """Replicate r >= 1 of a run: the same settings and questions, its own seed (so its own training
+    order and samples), in <run>/replicate_<r>/; W&B is left to replicate 0's run."""
+    return dataclasses.replace(
+        cfg,
+        seed=derive_seed(cfg.seed, r, "replicate"),
+        replicates=1,
+        name=f"{cfg.run_name}-replicate_{r}",
+        out_dir=str(cfg.run_dir / f"replicate_{r}"),
+        wandb=dataclasses.replace(cfg.wandb, mode="disabled"),
+    )
+
+
+def run_loop(cfg: LoopConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Set up, run (or resume) and report one experiment, then its other replicates (each resumable
+    like any run, each holding its own folder's lock); returns M_T's metrics of replicate 0."""
+    try:
+        # replicate 0's folder (the run's) stays locked until every replicate is done
+        final = run_engine(LoopEngine(cfg, show_progress=show_progress), cfg.run_dir, release=False)
+        for r in range(1, cfg.replicates):
+            rcfg = replicate_config(cfg, r)
+            run_engine(LoopEngine(rcfg, show_progress=show_progress), rcfg.run_dir)
+        if cfg.replicates > 1 and dist.is_main():
+            from ..report import write_run_report
+
+            write_run_report(cfg.run_dir)  # replicate 0's report, now pooled over every replicate
+        dist.barrier()
+    finally:
+        release_run_folder(cfg.run_dir)
     return final

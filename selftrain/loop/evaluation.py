@@ -103,21 +103,35 @@ def sample_metrics(
     equations: bool = True,
 ) -> dict[str, Any]:
     """coverage, pass@k/<k> and diversity/<group>/<measure> from N graded samples per question."""
+    return sample_metrics_per_question(sample_texts, sample_rewards, encoder, equations)[0]
+
+
+def sample_metrics_per_question(
+    sample_texts: Sequence[Sequence[str]],
+    sample_rewards: Sequence[Sequence[float]],
+    encoder: Any = None,
+    equations: bool = True,
+) -> tuple[dict[str, Any], dict[str, list[float | None]]]:
+    """`sample_metrics` and, per diversity key, its per-question values (None = question skipped),
+    which details.json keeps for the report's question bootstrap."""
     binary = [[1 if is_correct(r) else 0 for r in row] for row in sample_rewards]
     n = min(len(row) for row in binary)
     metrics: dict[str, Any] = {"coverage": coverage(binary)}
     for k, value in mean_pass_at_k([sum(row) for row in binary], n, default_ks(n)).items():
         metrics[f"pass@k/{k}"] = value
     report = diversity_report(sample_texts, binary, encoder=encoder, equations=equations)
+    per_question: dict[str, list[float | None]] = {}
     for group in ("correct", "incorrect"):
         g = report[group]
+        for measure, values in g["per_question"].items():
+            per_question[f"diversity/{group}/{measure}"] = values
         metrics[f"diversity/{group}/distinct_n"] = g["distinct_n"]
         if encoder is not None:
             metrics[f"diversity/{group}/semantic"] = g["semantic"]
         if equations:
             metrics[f"diversity/{group}/equations"] = g["equations"]
         metrics[f"diversity/{group}/n_questions"] = g["n_questions"]
-    return metrics
+    return metrics, per_question
 
 
 def greedy_metrics(rewards: Sequence[float], levels: Sequence[Any] | None) -> dict[str, Any]:
@@ -226,22 +240,36 @@ def evaluate_model(
         bar.update(1)
 
     metrics: dict[str, Any] | None = None
+    diversity: dict[str, list[float | None]] | None = None
     if dist.is_main():
         levels = _levels(data.examples)
         metrics = greedy_metrics(greedy_rewards, levels)
         metrics["greedy/truncated"] = sum(row[0].finish_reason == "length" for row in greedy) / len(greedy)
         head = [row[: cfg.n_samples] for row in sample_texts]
         head_rewards = [row[: cfg.n_samples] for row in sample_rewards]
-        metrics.update(sample_metrics(head, head_rewards, encoder=encoder, equations=cfg.equations))
+        found, diversity = sample_metrics_per_question(
+            head, head_rewards, encoder=encoder, equations=cfg.equations
+        )
+        metrics.update(found)
         if ood_rewards:
             metrics.update(ood_metrics(ood_rewards, _levels(data.ood_examples), *data.ood_levels))
-    metrics = dist.broadcast_object(metrics)
+    metrics, diversity = dist.broadcast_object((metrics, diversity))
     bar.update(1)
     bar.close()
 
     ids = [str(ex.id) for ex in data.examples]
+    # Per question, everything the report's intervals and paired tests need (docs/metrics.md,
+    # "Intervals and verdicts"): any interval can be recomputed from the run folder alone.
+    test_levels = _levels(data.examples)
+    ood_levels = _levels(data.ood_examples) if ood_rewards else None
     details = {
         "ids": ids,
+        "levels": test_levels,
+        "greedy_truncated": [int(row[0].finish_reason == "length") for row in greedy],
+        "diversity": diversity,
+        "ood_ids": [str(ex.id) for ex in data.ood_examples] if ood_rewards else [],
+        "ood_levels": ood_levels,
+        "ood_low_high": list(data.ood_levels),
         "greedy_rewards": greedy_rewards,
         "n_samples": cfg.n_samples,
         "sample_correct": [sum(is_correct(r) for r in row[: cfg.n_samples]) for row in sample_rewards],

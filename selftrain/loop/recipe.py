@@ -20,10 +20,12 @@ from .config import (
     EvalSection,
     OODSection,
     SamplerSection,
+    StatsSection,
     WandbSection,
     check_eval,
     import_plugins,
 )
+from .run_folder import claim_run_folder, exit_cleanly, release_run_folder
 
 
 def _parse(cls: type, argv: list[str]) -> Any:
@@ -42,7 +44,7 @@ def run_loop_recipe(paradigm: str, argv: list[str] | None = None) -> dict[str, A
     argv = sys.argv[1:] if argv is None else argv
     # The recipe names the paradigm; a `paradigm=` word on the command line still wins.
     cfg = _parse(LoopConfig, [f"paradigm={paradigm}", *argv])
-    final = run_loop(cfg)
+    final = exit_cleanly(lambda: run_loop(cfg))
     if dist.is_main():
         print(f"report: {cfg.run_dir / 'report.md'}")
     return final
@@ -65,6 +67,7 @@ class EvaluateConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     sampler: SamplerSection = field(default_factory=SamplerSection)
     wandb: WandbSection = field(default_factory=WandbSection)
+    stats: StatsSection = field(default_factory=StatsSection)
     plugins: list[str] = field(default_factory=list)  # modules registering tasks (docs/extending.md)
 
     def __post_init__(self) -> None:
@@ -100,6 +103,7 @@ def evaluate_checkpoints(cfg: EvaluateConfig, show_progress: bool = True) -> lis
 
     dist.init_distributed()
     root = cfg.run_dir
+    claim_run_folder(root)  # one live run per folder; SIGINT / SIGTERM stop it cleanly
     # model_<i>/eval of an earlier launch is reused only if it evaluated the same checkpoint the same way.
     check_or_write_config(root, to_dict(cfg))
     tokenizer = load_tokenizer(cfg.checkpoints[0])
@@ -148,17 +152,21 @@ def evaluate_checkpoints(cfg: EvaluateConfig, show_progress: bool = True) -> lis
         logger = RunLogger(
             root, project=cfg.wandb.project, name=cfg.name, config=to_dict(cfg), mode=cfg.wandb.mode
         )
-        for i in range(len(cfg.checkpoints)):
-            logger.log(rows[i], step=i)
+        from ..report.verdicts import interval_row
+
+        for i in range(len(cfg.checkpoints)):  # with each metric's interval (`<key>/ci_low`, `/ci_high`)
+            logger.log({**rows[i], **interval_row(root, to_dict(cfg), i, cfg.is_reference)}, step=i)
         report = write_run_report(root)
         for png in sorted((root / "plots").glob("*.png")):
             logger.log_image(f"plots/{png.stem}", png, step=len(cfg.checkpoints) - 1)
         logger.finish()
         print(f"report: {report}")
     dist.barrier()
+    release_run_folder(root)
     return [rows[i] for i in range(len(cfg.checkpoints))]
 
 
 def run_evaluate_recipe(argv: list[str] | None = None) -> list[dict[str, Any]]:
     argv = sys.argv[1:] if argv is None else argv
-    return evaluate_checkpoints(_parse(EvaluateConfig, argv))
+    cfg = _parse(EvaluateConfig, argv)
+    return exit_cleanly(lambda: evaluate_checkpoints(cfg))

@@ -53,6 +53,7 @@ from .engine import (
     describe_train_result,
     load_eval_data,
     load_task,
+    run_engine,
     run_logged_stage,
     sample_and_grade,
     skipped_train_result,
@@ -61,6 +62,7 @@ from .engine import (
     wandb_run_id,
 )
 from .evaluation import evaluate_model, sample_metrics
+from .run_folder import claim_run_folder
 from .steps import BuildOptions, SampledQuestion, get_step_kind, is_correct
 
 UPDATES = ("sft", "rpo")
@@ -290,6 +292,13 @@ def round_metrics(
             "n_saturated",
         )
     }
+    from ..metrics.stats import gap_intervals
+
+    # 95% question-bootstrap intervals over prompts (the report and W&B show them beside the values)
+    cis = gap_intervals(gap["per_question_gap"], gap["per_question_accuracy"], seed=0)
+    for key, ci in cis.items():
+        if ci is not None:
+            row[f"{key}/ci_low"], row[f"{key}/ci_high"] = ci
     extra = sample_metrics(texts, rewards, encoder=None, equations=False)
     row.update({k: v for k, v in extra.items() if k.startswith(("pass@k/", "diversity/"))})
     row["questions_with_kept"] = sum(any(m) for m in masks)
@@ -331,6 +340,7 @@ class IterVerifyEngine:
         from ..models import load_tokenizer
 
         dist.init_distributed()
+        claim_run_folder(self.root)  # one live run per folder; SIGINT / SIGTERM stop it cleanly
         self._check_or_write_config()
         cfg = self.cfg
         self.tokenizer = load_tokenizer(cfg.model)
@@ -408,8 +418,8 @@ class IterVerifyEngine:
             self._verifier_samplers.release()
 
     # ------------------------------------------------------------------ stages
-    def _stage(self, t: int, name: str, compute: Any, describe: Any) -> Path:
-        return run_logged_stage(self.round_dir(t), name, compute, describe, f"round {t}")
+    def _stage(self, t: int, name: str, compute: Any, describe: Any, outputs: tuple[str, ...] = ()) -> Path:
+        return run_logged_stage(self.round_dir(t), name, compute, describe, f"round {t}", outputs)
 
     def _questions(self, t: int) -> list[SampledQuestion]:
         rows = read_jsonl(self.round_dir(t) / "sample" / "samples.jsonl")
@@ -599,7 +609,8 @@ class IterVerifyEngine:
         def describe(folder: Path) -> str:
             return describe_train_result(folder, f"f_{t + 1}", f"f_{t}")
 
-        return self._stage(t, "train", compute, describe)
+        # the checkpoint lives beside the stage (round_t/trainer, the trainer's own resumable folder)
+        return self._stage(t, "train", compute, describe, outputs=("trainer",))
 
     # ------------------------------------------------------------------ rows and report
     def round_row(self, t: int) -> dict[str, Any]:
@@ -685,14 +696,7 @@ class IterVerifyEngine:
 
 def run_iter_verify(cfg: IterVerifyConfig) -> dict[str, Any]:
     """Set up, run (or resume) and report one experiment; returns f_T's row (every rank)."""
-    engine = IterVerifyEngine(cfg)
-    engine.setup()
-    try:
-        final = engine.run()
-    finally:
-        engine.finish()
-    dist.barrier()
-    return final
+    return run_engine(IterVerifyEngine(cfg), cfg.run_dir)
 
 
 # ------------------------------------------------------------------------------ report and plot
@@ -706,6 +710,13 @@ def _pct(value: Any, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+
+
+def _pct_ci(row: dict[str, Any], key: str) -> str:
+    """A signed % value with its bootstrap interval when the row has one: `+12.50 [+3.1, +20.0]`."""
+    low, high = row.get(f"{key}/ci_low"), row.get(f"{key}/ci_high")
+    ci = f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None and high is not None else ""
+    return _pct(row.get(key), True) + ci
 
 
 def _pass_ks(rows: Sequence[dict[str, Any]]) -> list[int]:
@@ -725,7 +736,8 @@ def render_report(cfg: IterVerifyConfig, rows: Sequence[dict[str, Any]], png: Pa
         "Row t measures f_t on the training prompts: J(f_t) = accuracy of its samples (gold reward, used "
         "for measurement only), J(f_t[w]) = accuracy of the kept samples, gap = J(f_t[w]) - J(f_t). "
         "The last three columns split J(f_t) - J(f_{t-1}) into gap(f_{t-1}) + update error "
-        "(update error = J(f_t) - J(f_{t-1}[w])). All in %.",
+        "(update error = J(f_t) - J(f_{t-1}[w])). All in %; the gap and relative gap carry their 95% "
+        "bootstrap interval over prompts [low, high].",
         "",
         "## Per round",
         "",
@@ -742,8 +754,8 @@ def render_report(cfg: IterVerifyConfig, rows: Sequence[dict[str, Any]], png: Pa
         else:
             update = f"{cfg.update}, {r.get('train/steps')} steps"
         lines.append(
-            f"| {t} | {_pct(r['accuracy'])} | {_pct(r['filtered_accuracy'])} | {_pct(r['gap'], True)} | "
-            f"{_pct(r['relative_gap'], True)} | {_pct(r['kept_fraction'])} | "
+            f"| {t} | {_pct(r['accuracy'])} | {_pct(r['filtered_accuracy'])} | {_pct_ci(r, 'gap')} | "
+            f"{_pct_ci(r, 'relative_gap')} | {_pct(r['kept_fraction'])} | "
             f"{_pct(r.get('kept_correct_fraction'))} | "
             f"{_pct(r.get('unparseable'))} | {r.get('data/records')} | {update} | "
             f"{_pct(r.get('decomp/improvement'), True)} | {_pct(r.get('decomp/prev_gap'), True)} | "
@@ -791,8 +803,14 @@ def plot_rounds(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     line(axes[0], ts, [r["filtered_accuracy"] for r in rows], label="J(f_t[w]) (kept)")
     line(axes[0], ts, [r.get("heldout/pass@1") for r in rows], label="test pass@1 (greedy)", linestyle=":")
     axes[0].set_title("accuracy per round")
-    line(axes[1], ts, [r["gap"] for r in rows], label="gap")
-    line(axes[1], ts, [r["relative_gap"] for r in rows], label="relative gap")
+    for key, label in (("gap", "gap"), ("relative_gap", "relative gap")):
+        line(axes[1], ts, [r[key] for r in rows], label=label)
+        band = [(t, r[f"{key}/ci_low"], r[f"{key}/ci_high"])
+                for t, r in zip(ts, rows) if f"{key}/ci_low" in r]
+        if band:  # the 95% bootstrap interval over prompts
+            color = axes[1].get_lines()[-1].get_color()
+            axes[1].fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+                                 color=color, alpha=0.15, linewidth=0)
     line(
         axes[1],
         ts[1:],

@@ -268,6 +268,8 @@ def diversity_report(
       n_questions_small questions whose group has 1 sample (groups of 0 are not counted anywhere)
       n_questions_equations  questions contributing to `equations`
       n_samples         samples in the group over all questions
+      per_question      {measure: one value per question, None where the question is skipped}: what
+                        the report's question bootstrap resamples (docs/metrics.md, "Intervals")
     Semantic embeddings are computed in one encoder call over every qualifying text.
     """
     require_same_length(
@@ -275,6 +277,7 @@ def diversity_report(
     )
     rewards = binary_nested(rewards_per_question, "rewards_per_question", allow_empty_rows=True)
     groups: dict[str, list[list[str]]] = {"correct": [], "incorrect": []}
+    where: dict[str, list[int]] = {"correct": [], "incorrect": []}  # question index of each group
     small = {"correct": 0, "incorrect": 0}
     samples = {"correct": 0, "incorrect": 0}
     for q, (texts, row) in enumerate(zip(samples_per_question, rewards)):
@@ -288,32 +291,39 @@ def diversity_report(
             samples[name] += len(members)
             if len(members) >= MIN_GROUP_SIZE:
                 groups[name].append(members)
+                where[name].append(q)
             elif len(members) == 1:
                 small[name] += 1
 
     semantic_by_group: dict[str, list[float]] = {"correct": [], "incorrect": []}
+    n_questions = len(rewards)
+    per_q: dict[str, dict[str, list[float | None]]] = {
+        name: {m: [None] * n_questions for m in ("distinct_n", "semantic", "equations")} for name in groups
+    }
     if encoder is not None:
         flat = [t for name in groups for members in groups[name] for t in members]
         embeddings = _encode(encoder, flat) if flat else np.zeros((0, 1))
         offset = 0
         for name in groups:
-            for members in groups[name]:
+            for q, members in zip(where[name], groups[name]):
                 block = embeddings[offset : offset + len(members)]
                 offset += len(members)
                 value = semantic_diversity_from_embeddings(block)
                 if value is not None:
                     semantic_by_group[name].append(value)
+                    per_q[name]["semantic"][q] = value
 
     report: dict[str, dict[str, Any]] = {}
     for name, members_list in groups.items():
         by_n: dict[int, list[float]] = {n: [] for n in DISTINCT_NS}
         overall: list[float] = []
         eq_values: list[float] = []
-        for members in members_list:
+        for q, members in zip(where[name], members_list):
             per_n = {n: distinct_n(members, n) for n in DISTINCT_NS}
             defined = [v for v in per_n.values() if v is not None]
             if defined:
                 overall.append(sum(defined) / len(defined))
+                per_q[name]["distinct_n"][q] = overall[-1]
             for n, value in per_n.items():
                 if value is not None:
                     by_n[n].append(value)
@@ -321,17 +331,21 @@ def diversity_report(
                 eq = distinct_equations(members)
                 if eq is not None:
                     eq_values.append(eq)
+                    per_q[name]["equations"][q] = eq
         group: dict[str, Any] = {
             "distinct_n": _mean_or_none(overall),
             "distinct_by_n": {n: _mean_or_none(v) for n, v in by_n.items()},
             "n_questions": len(members_list),
             "n_questions_small": small[name],
             "n_samples": samples[name],
+            "per_question": {"distinct_n": per_q[name]["distinct_n"]},
         }
         if encoder is not None:
             group["semantic"] = _mean_or_none(semantic_by_group[name])
+            group["per_question"]["semantic"] = per_q[name]["semantic"]
         if equations:
             group["equations"] = _mean_or_none(eq_values)
             group["n_questions_equations"] = len(eq_values)
+            group["per_question"]["equations"] = per_q[name]["equations"]
         report[name] = group
     return report

@@ -99,7 +99,8 @@ def generation_verification_gap(
       - acc(x) = 1: the relative gap's denominator 1 - acc(x) is 0; x is left out of the relative
         mean only and counted in n_saturated (relative_gap is None if every prompt is saturated).
     Returns accuracy, filtered_accuracy, gap, relative_gap, kept_fraction (kept / all generations),
-    n_questions, n_empty, n_saturated, n_relative (prompts in the relative mean), per_question_gap.
+    n_questions, n_empty, n_saturated, n_relative (prompts in the relative mean), per_question_gap,
+    per_question_accuracy.
     """
     require_nonempty(rewards_per_question, "rewards_per_question")
     require_same_length(
@@ -138,6 +139,7 @@ def generation_verification_gap(
         "n_saturated": n_saturated,
         "n_relative": len(relative),
         "per_question_gap": per_question_gap,
+        "per_question_accuracy": acc_all,  # with the gaps: the question bootstrap of both gaps
     }
 
 

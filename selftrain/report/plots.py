@@ -5,6 +5,10 @@
 - diversity.png      distinct-n / semantic / distinct equations per iteration, correct vs incorrect
 - ood.png            OOD accuracy per level per iteration (whole accuracy dashed)
 - pass_at_k.png      sampled pass@k against k, one line per iteration
+- churn.png          questions gained (solved by M_t, not by M1) and lost (the reverse) per iteration
+
+Given a run's intervals (`selftrain.report.summary.analyse_run`), per-iteration lines get a shaded
+band and pass@k / IS points get error bars: the same (1 - alpha) intervals as report.md.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -34,12 +38,36 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def _line(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float | None], **kwargs: object) -> bool:
-    points = [(x, y) for x, y in zip(xs, ys) if y is not None]
+Intervals = dict[int, dict[str, Any]]  # iteration -> metric -> (low, high) or None
+
+
+def _line(
+    ax: plt.Axes, xs: Sequence[float], ys: Sequence[float | None],
+    bands: Sequence[tuple[float, float] | None] | None = None, errorbars: bool = False, **kwargs: object,
+) -> bool:
+    """A line through the defined points; with `bands`, its interval as a shaded band (or as error
+    bars when the x values are not iterations)."""
+    points = [(x, y, (bands[i] if bands else None)) for i, (x, y) in enumerate(zip(xs, ys)) if y is not None]
     if not points:
         return False
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", **kwargs)
+    (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", **kwargs)
+    with_ci = [p for p in points if p[2] is not None]
+    if with_ci and errorbars:
+        # clamped: a percentile interval need not hold the point estimate
+        below = [max(0.0, p[1] - p[2][0]) for p in with_ci]
+        above = [max(0.0, p[2][1] - p[1]) for p in with_ci]
+        ax.errorbar([p[0] for p in with_ci], [p[1] for p in with_ci], yerr=[below, above],
+                    fmt="none", ecolor=line.get_color(), capsize=3, alpha=0.8)
+    elif with_ci:
+        ax.fill_between([p[0] for p in with_ci], [p[2][0] for p in with_ci], [p[2][1] for p in with_ci],
+                        color=line.get_color(), alpha=0.15, linewidth=0)
     return True
+
+
+def _bands(run: RunRecord, key: str, intervals: Intervals | None) -> list[tuple[float, float] | None] | None:
+    if not intervals:
+        return None
+    return [intervals.get(t, {}).get(key) for t in run.iterations]
 
 
 def _legend(ax: plt.Axes, **kwargs: object) -> None:
@@ -62,13 +90,14 @@ def _iteration_axis(ax: plt.Axes, iterations: Sequence[int]) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_pass_at_1(runs: Sequence[RunRecord], path: Path) -> Path:
+def plot_pass_at_1(runs: Sequence[RunRecord], path: Path, intervals: Sequence[Intervals | None] = ()) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     iterations: set[int] = set()
-    for run in runs:
+    for i, run in enumerate(runs):
         xs, ys = run.series("pass@1")
         iterations.update(xs)
-        _line(ax, xs, ys, label=run.label)
+        cis = _bands(run, "pass@1", intervals[i] if i < len(intervals) else None)
+        _line(ax, xs, ys, cis, label=run.label)
     _iteration_axis(ax, sorted(iterations))
     ax.set_ylabel("pass@1 (greedy, test)")
     ax.set_title("pass@1 per iteration")
@@ -87,7 +116,7 @@ def _sorted_suffix_keys(keys: Sequence[str], prefix: str) -> list[tuple[str, str
     return sorted(found, key=order)
 
 
-def plot_is_pass_at_n(run: RunRecord, path: Path) -> Path | None:
+def plot_is_pass_at_n(run: RunRecord, path: Path, intervals: Intervals | None = None) -> Path | None:
     keys = _sorted_suffix_keys(run.metric_keys(), "is/m1_pass@")
     if not keys:
         return None
@@ -97,7 +126,8 @@ def plot_is_pass_at_n(run: RunRecord, path: Path) -> Path | None:
         ns = [int(s) for _, s in keys]
         ys = [row.get(k) for k, _ in keys]
         size = row.get("is/size")
-        drawn |= _line(ax, ns, ys, label=f"IS({row['iteration']}), |IS|={size}")
+        cis = [(intervals or {}).get(int(row["iteration"]), {}).get(k) for k, _ in keys]
+        drawn |= _line(ax, ns, ys, cis, errorbars=True, label=f"IS({row['iteration']}), |IS|={size}")
     if not drawn:
         ax.text(0.5, 0.5, "every IS(t) is empty", ha="center", va="center", transform=ax.transAxes)
     _log2_axis(ax, [int(s) for _, s in keys])
@@ -117,7 +147,7 @@ DIVERSITY_MEASURES = (
 )
 
 
-def plot_diversity(run: RunRecord, path: Path) -> Path | None:
+def plot_diversity(run: RunRecord, path: Path, intervals: Intervals | None = None) -> Path | None:
     keys = set(run.metric_keys())
     measures = [(m, title) for m, title in DIVERSITY_MEASURES if f"diversity/correct/{m}" in keys]
     if not measures:
@@ -125,8 +155,9 @@ def plot_diversity(run: RunRecord, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(measures), figsize=(4.5 * len(measures), 3.8), squeeze=False)
     for ax, (measure, title) in zip(axes[0], measures):
         for group, style in (("correct", "-"), ("incorrect", "--")):
-            xs, ys = run.series(f"diversity/{group}/{measure}")
-            _line(ax, xs, ys, linestyle=style, label=group)
+            key = f"diversity/{group}/{measure}"
+            xs, ys = run.series(key)
+            _line(ax, xs, ys, _bands(run, key, intervals), linestyle=style, label=group)
         _iteration_axis(ax, run.iterations)
         ax.set_title(title)
         _legend(ax)
@@ -135,7 +166,7 @@ def plot_diversity(run: RunRecord, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_ood(run: RunRecord, path: Path) -> Path | None:
+def plot_ood(run: RunRecord, path: Path, intervals: Intervals | None = None) -> Path | None:
     keys = run.metric_keys()
     if "ood/accuracy" not in keys:
         return None
@@ -144,7 +175,8 @@ def plot_ood(run: RunRecord, path: Path) -> Path | None:
         xs, ys = run.series(key)
         _line(ax, xs, ys, label=f"level {level}")
     xs, ys = run.series("ood/accuracy")
-    _line(ax, xs, ys, linestyle="--", color="black", label="whole")
+    # Bands on the whole accuracy only: five overlapping level bands would hide the lines.
+    _line(ax, xs, ys, _bands(run, "ood/accuracy", intervals), linestyle="--", color="black", label="whole")
     _iteration_axis(ax, run.iterations)
     ax.set_ylabel("OOD accuracy (greedy)")
     ax.set_title("Out-of-distribution accuracy per level")
@@ -152,13 +184,15 @@ def plot_ood(run: RunRecord, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_pass_at_k(run: RunRecord, path: Path) -> Path | None:
+def plot_pass_at_k(run: RunRecord, path: Path, intervals: Intervals | None = None) -> Path | None:
     keys = _sorted_suffix_keys(run.metric_keys(), "pass@k/")
     if not keys:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for row in run.rows:
-        _line(ax, [int(s) for _, s in keys], [row.get(k) for k, _ in keys], label=f"M{row['iteration']}")
+        cis = [(intervals or {}).get(int(row["iteration"]), {}).get(k) for k, _ in keys]
+        _line(ax, [int(s) for _, s in keys], [row.get(k) for k, _ in keys], cis, errorbars=True,
+              label=f"M{row['iteration']}")
     _log2_axis(ax, [int(s) for _, s in keys])
     ax.set_xlabel("k")
     ax.set_ylabel("pass@k (test, sampled)")
@@ -168,14 +202,35 @@ def plot_pass_at_k(run: RunRecord, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_run(run: RunRecord, folder: Path) -> list[Path]:
+def plot_churn(churn: Sequence[dict[str, Any]], path: Path, baseline: str = "M1") -> Path | None:
+    """Questions gained (up) and lost (down) against the baseline per iteration, and the net."""
+    if not churn:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ts = [int(r["iteration"]) for r in churn]
+    ax.bar(ts, [r["gained"] for r in churn], color="tab:green", label=f"gained (solved, not by {baseline})")
+    ax.bar(ts, [-r["lost"] for r in churn], color="tab:red", label=f"lost (solved by {baseline}, not now)")
+    ax.plot(ts, [r["net"] for r in churn], marker="o", color="black", label="net")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    _iteration_axis(ax, ts)
+    ax.set_ylabel("test questions (greedy)")
+    ax.set_title(f"Churn against {baseline}")
+    _legend(ax, fontsize="small")
+    return _save(fig, path)
+
+
+def plot_run(
+    run: RunRecord, folder: Path, intervals: Intervals | None = None,
+    churn: Sequence[dict[str, Any]] = (), baseline: str = "M1",
+) -> list[Path]:
     """Every plot of one run into `folder`; returns the files written."""
     made = [
-        plot_pass_at_1([run], folder / "pass_at_1.png"),
-        plot_is_pass_at_n(run, folder / "is_pass_at_n.png"),
-        plot_diversity(run, folder / "diversity.png"),
-        plot_ood(run, folder / "ood.png"),
-        plot_pass_at_k(run, folder / "pass_at_k.png"),
+        plot_pass_at_1([run], folder / "pass_at_1.png", [intervals]),
+        plot_is_pass_at_n(run, folder / "is_pass_at_n.png", intervals),
+        plot_diversity(run, folder / "diversity.png", intervals),
+        plot_ood(run, folder / "ood.png", intervals),
+        plot_pass_at_k(run, folder / "pass_at_k.png", intervals),
+        plot_churn(churn, folder / "churn.png", baseline),
     ]
     return [p for p in made if p is not None]
 

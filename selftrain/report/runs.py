@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+CI_SUFFIXES = ("/ci_low", "/ci_high")
+
 
 @dataclass
 class RunRecord:
@@ -37,7 +39,9 @@ class RunRecord:
         keys: dict[str, None] = {}
         for r in self.rows:
             for k, v in r.items():
-                if k not in ("iteration", "step", "step_kind") and (v is None or _number(v) is not None):
+                if k in ("iteration", "step", "step_kind") or k.endswith(CI_SUFFIXES):
+                    continue  # a metric's interval keys (W&B's `/ci_low`, `/ci_high`) belong to the metric
+                if v is None or _number(v) is not None:
                     keys[k] = None
         return list(keys)
 

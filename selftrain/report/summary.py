@@ -1,11 +1,14 @@
-"""runs/<name>/report.md: every metric per iteration, and whether each progressed or regressed since M1.
+"""runs/<name>/report.md and verdicts.json: every metric with its interval, and whether each
+progressed or regressed, as a statistical statement.
 
-The verdict compares the last iteration M_T with M1 (paper A's question: did self-improvement after
-the first SFT help?). Direction per metric: higher is better for accuracies, coverage, pass@k and
-diversity; lower is better for the OOD group disparity and for truncated answers; the improvement
-set's M1 pass@N gets its own sentence (a high value means M_T's "new" solutions were already within
-M1's reach: selection, not new skill); bookkeeping counts (data/, train/, sample/, n_questions) get
-no verdict.
+The headline compares the last iteration M_T with M1 (paper A's question: did self-improvement after
+the first SFT help?); a second table compares every M_t with M_{t-1} (where did the change happen?).
+Every verdict is paired on the same questions (exact McNemar for 0/1 outcomes, a paired question
+bootstrap for the rest), Holm-adjusted across the metrics of one comparison, and reads progressed /
+regressed only when the adjusted p < alpha and the interval of the difference excludes 0
+(`selftrain.report.verdicts`; docs/metrics.md, "Intervals and verdicts"). Direction per metric:
+higher is better for accuracies, coverage, pass@k and diversity; lower for the OOD group disparity
+and truncated answers; bookkeeping counts get no verdict.
 """
 
 from __future__ import annotations
@@ -13,43 +16,43 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
+from ..metrics import stats
 from .logger import write_text_atomic
 from .plots import plot_comparison, plot_run
 from .runs import RunRecord, load_run
+from .verdicts import (
+    NO_CHANGE,
+    PROGRESSED,
+    REGRESSED,
+    UNDEFINED,
+    Comparison,
+    ModelData,
+    PowerLine,
+    Resampler,
+    compare_models,
+    compare_replicates,
+    direction,
+    eval_dir_of,
+    improvement_set_metrics,
+    is_unavailable,
+    load_model_data,
+    model_intervals,
+    power_lines,
+    stats_settings,
+    write_verdicts_json,
+)
 
 # Paper A: with M1's correct-answer coverage above this, iterative DPO / SFT-DPO did best.
 COVERAGE_THRESHOLD = 0.5
-TOLERANCE = 1e-9
+HEADLINE = ("pass@1", "coverage", "ood/accuracy")
 
-_LOWER_IS_BETTER = ("ood/group_disparity", "greedy/truncated")
-_NO_VERDICT_PREFIXES = ("data/", "train/", "sample/", "is/")
-
-
-def direction(key: str) -> int:
-    """+1 higher is better, -1 lower is better, 0 no verdict."""
-    if key in _LOWER_IS_BETTER:
-        return -1
-    if key.startswith(_NO_VERDICT_PREFIXES) or key.endswith("/n_questions"):
-        return 0
-    if key.startswith(("pass@", "coverage", "diversity/", "ood/")):
-        return 1
-    return 0
-
-
-def verdict(key: str, m1: float | None, last: float | None) -> str | None:
-    """'progressed', 'regressed', 'unchanged', 'undefined' (a value missing), or None (no verdict)."""
-    sign = direction(key)
-    if sign == 0:
-        return None
-    if m1 is None or last is None or not (math.isfinite(m1) and math.isfinite(last)):
-        return "undefined"
-    delta = (last - m1) * sign
-    if abs(delta) <= TOLERANCE:
-        return "unchanged"
-    return "progressed" if delta > 0 else "regressed"
+__all__ = ["direction", "render_report", "report_runs", "suggestion", "write_run_report"]
 
 
 def suggestion(m1_coverage: float | None) -> str:
@@ -110,44 +113,280 @@ def baseline_of(run: RunRecord) -> int:
     return int(run.config.get("baseline", 1))
 
 
-def verdict_lines(run: RunRecord) -> list[str]:
-    """One line per metric with a direction: baseline (M1) -> last model, and the verdict."""
+@dataclass
+class RunAnalysis:
+    """Everything report.md and verdicts.json say about one run, from its per-question data."""
+
+    alpha: float
+    effect: float
+    baseline: int
+    models: dict[int, ModelData]
+    intervals: dict[int, dict[str, tuple[float, float] | None]]
+    final: Comparison | None  # M_T vs the baseline
+    steps: list[Comparison]  # M_t vs M_{t-1}
+    churn: list[dict[str, Any]]  # per iteration after the baseline: gained / lost / net vs baseline
+    power: list[PowerLine]
+    n_questions: int | None
+    n_ood: int | None
+    unavailable: dict[str, str] = field(default_factory=dict)  # metric pattern -> reason
+    replicates: int = 1  # replicate runs pooled into the verdicts
+    # metric -> iteration -> (mean, standard deviation, replicates that reached it)
+    spread: dict[str, dict[int, tuple[float, float, int]]] = field(default_factory=dict)
+
+    @property
+    def confidence(self) -> float:
+        return 1 - self.alpha
+
+    @property
+    def comparisons(self) -> list[Comparison]:
+        """Every comparison once (M_T vs M1 is also a step when T = 2)."""
+        seen, out = set(), []
+        for c in ([self.final] if self.final else []) + self.steps:
+            if (c.baseline, c.model) not in seen:
+                seen.add((c.baseline, c.model))
+                out.append(c)
+        return out
+
+
+def is_reference_of(run: RunRecord) -> int | None:
+    """The model IS(t) is measured against: M1 in a loop run, `is_reference` in an evaluate run."""
+    if run.config.get("checkpoints"):
+        ref = run.config.get("is_reference")
+        return None if ref is None else int(ref)
+    return 1
+
+
+def analyse_run(run: RunRecord) -> RunAnalysis:
+    """Per-question data of every evaluated model -> intervals, verdicts, churn and power."""
+    alpha, effect, resamples = stats_settings(run.config, str(run.folder / "config.json"))
+    equations = bool((run.config.get("eval") or {}).get("equations", True))
+    is_ns = (run.config.get("eval") or {}).get("is_ns") or []
+    models = {
+        t: load_model_data(eval_dir_of(run.folder, run.config, t), f"M{t}", equations) for t in run.iterations
+    }
+    # Replicates (`replicates: K`): replicate_<r>/ holds the same loop run with its own seed.
+    others = [load_run(f) for f in replicate_folders(run)]
+    rep_models = [models] + [
+        {t: load_model_data(eval_dir_of(o.folder, o.config, t), f"M{t}", equations) for t in o.iterations}
+        for o in others
+    ]
+    resampler = Resampler(resamples)
+    ref = is_reference_of(run)
+    intervals = {}
+    for t, model in models.items():
+        extra = improvement_set_metrics(model, models[ref], is_ns) if ref in models and t != ref else {}
+        intervals[t] = model_intervals(model, resampler, 1 - alpha, extra)
     b = baseline_of(run)
-    m1 = run.row(b)
-    later = [r for r in run.rows if int(r["iteration"]) > b]
-    if m1 is None or not later:
-        return [f"No model after M{b} has been evaluated yet: nothing to compare with M{b}."]
-    last = later[-1]
-    t = int(last["iteration"])
-    lines = []
-    for key in sorted(run.metric_keys(), key=_key_order):
-        old, new = m1.get(key), last.get(key)
-        word = verdict(key, old, new)
-        if word is None:
+    keys = sorted({k for m in models.values() for k in m.metrics} | set(run.metric_keys()), key=_key_order)
+    later = [t for t in run.iterations if t > b]
+    def compare(s: int, t: int) -> Comparison:
+        pairs = [(m[s], m[t]) for m in rep_models if s in m and t in m]
+        return compare_replicates(pairs, keys, resampler, alpha)
+
+    final = compare(b, later[-1]) if b in models and later else None
+    done = run.iterations
+    steps = [compare(s, t) for s, t in zip(done, done[1:])]
+    churn = []
+    for t in later:
+        base, model = models[b], models[t]
+        if base.greedy is None or model.greedy is None or base.qids.get("test") != model.qids.get("test"):
             continue
-        numeric = isinstance(old, (int, float)) and isinstance(new, (int, float))
-        change = f", {new - old:+.4f}" if numeric else ""
-        if word == "undefined":
-            lines.append(f"- `{key}`: **undefined** (no value at M{b} or at M{t}: nothing to measure it on)")
-        else:
-            lines.append(f"- `{key}`: **{word}** since M{b} ({_fmt(old)} → {_fmt(new)} at M{t}{change})")
-    is_keys = [k for k in sorted(run.metric_keys(), key=_key_order) if k.startswith("is/m1_pass@")]
-    if is_keys:
-        size = last.get("is/size")
-        if not size:
-            lines.append(f"- `is/*`: IS({t}) is empty: M{t} solves no test question that M1 fails (greedy).")
-        else:
-            top = is_keys[-1]
-            value = last.get(top)
-            lines.append(
-                f"- `{top}`: M1 reaches {_fmt(value)} on the {size} questions of IS({t}) — "
-                f"the share of M{t}'s new solutions that were already within M1's reach by sampling "
-                "(high = selection, not new skill)."
-            )
+        gained = int(np.count_nonzero((model.greedy == 1) & (base.greedy == 0)))
+        lost = int(np.count_nonzero((model.greedy == 0) & (base.greedy == 1)))
+        churn.append({"iteration": t, "gained": gained, "lost": lost, "net": gained - lost,
+                      "p_value": stats.mcnemar_exact(gained, lost)})
+    base = models.get(b)
+    n_q = len(base.qids["test"]) if base is not None and "test" in base.qids else None
+    n_ood = len(base.qids["ood"]) if base is not None and "ood" in base.qids else None
+    power = power_lines(final, base, n_q, alpha, effect) if base is not None and n_q else []
+    unavailable: dict[str, str] = {}
+    for t, model in models.items():
+        for pattern, reason in model.unavailable.items():
+            unavailable.setdefault(pattern, f"{reason} (M{t})")
+    spread = replicate_spread([run, *others]) if others else {}
+    return RunAnalysis(
+        alpha, effect, b, models, intervals, final, steps, churn, power, n_q, n_ood, unavailable,
+        replicates=len(rep_models), spread=spread,
+    )
+
+
+def replicate_folders(run: RunRecord) -> list[Path]:
+    """The other replicates' run folders (replicate_1 .. replicate_{K-1}) that have logged a row."""
+    k = int(run.config.get("replicates", 1) or 1)
+    found = [run.folder / f"replicate_{r}" for r in range(1, k)]
+    return [f for f in found if (f / "metrics.jsonl").is_file()]
+
+
+def replicate_spread(runs: Sequence[RunRecord]) -> dict[str, dict[int, tuple[float, float, int]]]:
+    """Per metric with a direction and iteration: mean and standard deviation over the replicates
+    that reached it, and how many did."""
+    out: dict[str, dict[int, tuple[float, float, int]]] = {}
+    for key in runs[0].metric_keys():
+        if direction(key) == 0:
+            continue
+        for t in runs[0].iterations:
+            found = [_number((r.row(t) or {}).get(key)) for r in runs]
+            values = [v for v in found if v is not None]
+            if values:
+                sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                out.setdefault(key, {})[t] = (float(np.mean(values)), sd, len(values))
+    return out
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def _ci_text(lo: float | None, hi: float | None, confidence: float) -> str:
+    if lo is None or hi is None:
+        return "no interval"
+    return f"{confidence:.0%} CI {_signed(lo)} .. {_signed(hi)}"
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
+def _change_text(row: dict[str, Any], confidence: float) -> str:
+    if row["delta"] is None:
+        return "no difference can be computed"
+    return f"{_signed(row['delta'])} ({_ci_text(row['ci_low'], row['ci_high'], confidence)})"
+
+
+def nothing_yet(b: int) -> str:
+    return f"No model after M{b} has been evaluated yet: nothing to compare with M{b}."
+
+
+def summary_lines(run: RunRecord, a: RunAnalysis) -> list[str]:
+    """The opening: what changed detectably, what did not, what this test set cannot resolve."""
+    if a.final is None:
+        return [nothing_yet(a.baseline)]
+    c = a.final
+    family = [r for r in c.rows if r["p_adjusted"] is not None]
+    sizes = f"{a.n_questions} test questions" + (f" and {a.n_ood} OOD questions" if a.n_ood else "")
+    if a.replicates > 1:
+        sizes += f", pooled over {a.replicates} replicate runs (intervals resample questions and replicates)"
+    lines = [
+        f"{c.model} against {c.baseline} on the same {sizes}; alpha = {a.alpha:g}, p-values Holm-adjusted "
+        f"over the {len(family)} metrics of this comparison; a metric progressed or regressed only when "
+        "its adjusted p < alpha and its interval excludes 0.",
+        "",
+    ]
+    moved = [r for r in c.rows if r["verdict"] in (PROGRESSED, REGRESSED)]
+    if moved:
+        lines.append("- **Changed detectably:** " + "; ".join(
+            f"`{r['metric']}` **{r['verdict']}** {_change_text(r, a.confidence)}, p_adj {_p(r['p_adjusted'])}"
+            for r in moved) + ".")
+    else:
+        lines.append("- **Changed detectably:** nothing.")
+    still = [r for r in c.rows if r["verdict"] == NO_CHANGE]
+    if still:
+        named = [r for r in still if r["metric"] in HEADLINE]
+        text = "; ".join(f"`{r['metric']}` {_change_text(r, a.confidence)}" for r in named)
+        rest = len(still) - len(named)
+        if rest:
+            text += ("; and " if text else "") + f"{rest} more metric(s) (table below)"
+        lines.append(f"- **No detectable change:** {text}.")
+    undefined = [r["metric"] for r in c.rows if r["verdict"] == UNDEFINED]
+    if undefined:
+        lines.append("- **Undefined** (a value or the per-question data is missing): "
+                     + ", ".join(f"`{m}`" for m in undefined) + ".")
+    if c.gained is not None:
+        lines.append(
+            f"- **Churn (pass@1):** {c.model} solves {c.gained} questions {c.baseline} fails and fails "
+            f"{c.lost} that {c.baseline} solves (net {c.gained - c.lost:+d})."
+        )
+    resolve = []
+    for p in a.power:
+        if p.mde is None:
+            resolve.append(_no_mde(p))
+            continue
+        need = ""
+        if p.n_needed:
+            need = f"; a change of {a.effect:g} would need about {p.n_needed} test questions"
+        resolve.append(f"a change in `{p.metric}` smaller than {p.mde:.3f}{need}")
+    if resolve:
+        lines.append(f"- **This test set cannot resolve** (80% power at alpha {a.alpha:g}, from the "
+                     "observed discordance / spread): " + "; ".join(resolve) + ".")
     return lines
 
 
-def render_report(run: RunRecord) -> str:
+def _no_mde(p: PowerLine) -> str:
+    if p.ceiling:
+        return (f"no change in `{p.metric}` up to {p.ceiling:.3f} (the share of questions the models answer "
+                "differently: every one of them moving the same way) is detected with 80% power")
+    return f"no smallest detectable change in `{p.metric}` can be stated ({p.basis})"
+
+
+def verdict_lines(a: RunAnalysis) -> list[str]:
+    """One bullet per metric with a direction: baseline -> last model, the change and the verdict."""
+    if a.final is None:
+        return []
+    c = a.final
+    lines = []
+    for r in c.rows:
+        if r["verdict"] == UNDEFINED:
+            why = c.notes.get(r["metric"], "a value is missing")
+            lines.append(f"- `{r['metric']}`: **undefined** ({why})")
+            continue
+        lines.append(
+            f"- `{r['metric']}`: **{r['verdict']}** since {c.baseline} ({_fmt(r['baseline_value'])} → "
+            f"{_fmt(r['value'])} at {c.model}, {_change_text(r, a.confidence)}, p {_p(r['p_value'])}, "
+            f"p_adj {_p(r['p_adjusted'])})"
+        )
+    return lines
+
+
+def _step_cell(row: dict[str, Any] | None) -> str:
+    if row is None or row["verdict"] == UNDEFINED:
+        return "–"
+    lo, hi = row["ci_low"], row["ci_high"]
+    ci = f" [{_signed(lo)}, {_signed(hi)}]" if lo is not None else ""
+    text = f"{_signed(row['delta'])}{ci}"
+    if row["verdict"] == PROGRESSED:
+        return f"**↑ {text}**"
+    if row["verdict"] == REGRESSED:
+        return f"**↓ {text}**"
+    return text
+
+
+def step_table(a: RunAnalysis) -> list[str]:
+    if not a.steps:
+        return []
+    head = "| metric | " + " | ".join(f"{c.baseline} → {c.model}" for c in a.steps) + " |"
+    lines = [head, "|---|" + "---:|" * len(a.steps)]
+    metrics = [r["metric"] for r in a.steps[-1].rows]
+    for m in dict.fromkeys(m for c in a.steps for m in (r["metric"] for r in c.rows) if m not in metrics):
+        metrics.append(m)
+    for m in metrics:
+        lines.append(f"| `{m}` | " + " | ".join(_step_cell(c.row(m)) for c in a.steps) + " |")
+    return lines
+
+
+def churn_table(a: RunAnalysis) -> list[str]:
+    if not a.churn:
+        return []
+    b = f"M{a.baseline}"
+    lines = [f"| model | gained: IS(t), solved and not by {b} | lost: LS(t), solved by {b} and not | net | "
+             "McNemar p | vs previous: gained / lost |", "|---|---:|---:|---:|---:|---:|"]
+    steps = {c.model: c for c in a.steps}
+    for row in a.churn:
+        step = steps.get(f"M{row['iteration']}")
+        prev = f"{step.gained} / {step.lost}" if step is not None and step.gained is not None else "–"
+        lines.append(f"| M{row['iteration']} | {row['gained']} | {row['lost']} | {row['net']:+d} | "
+                     f"{_p(row['p_value'])} | {prev} |")
+    return lines
+
+
+def _value_cell(value: Any, ci: tuple[float, float] | None) -> str:
+    text = _fmt(value)
+    if ci is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return text
+
+
+def render_report(run: RunRecord, analysis: RunAnalysis | None = None) -> str:
+    a = analysis or analyse_run(run)
     cfg = run.config
     lines = [f"# Run `{run.label}`", ""]
     if cfg.get("checkpoints"):  # an evaluate run: M<i> is the i-th checkpoint
@@ -159,23 +398,51 @@ def render_report(run: RunRecord) -> str:
             f"{(cfg.get('eval') or {}).get('n_samples')} per test question, seed {cfg.get('seed')}."
         )
         lines.append("")
+    lines += ["## Summary", ""] + summary_lines(run, a) + [""]
     done = run.iterations
     lines.append(f"Finished iterations: {', '.join(f'M{t}' for t in done) or 'none'}.")
     kinds = [f"M{r['iteration']}: {r.get('step_kind', '?')}" for r in run.rows]
     lines += ["", "Step per iteration: " + "; ".join(kinds) + ".", ""]
 
-    b = baseline_of(run)
+    b = a.baseline
     m1 = run.row(b)
     lines += [f"## Progress or regress since M{b}", ""]
     if b == 1:  # paper A's guidance is about M1, the model after the gold SFT
         lines += [suggestion(_number(m1.get("coverage")) if m1 else None), ""]
-    lines += verdict_lines(run)
-    lines += ["", "## Every metric per iteration", ""]
+    lines += verdict_lines(a) or [nothing_yet(b)]
+    is_lines = _is_lines(run, a)
+    lines += is_lines
+    if a.steps:
+        lines += ["", "## Step by step: M_t against M_{t-1}", "",
+                  f"Difference [{a.confidence:.0%} CI]; **↑** progressed, **↓** regressed (Holm within each "
+                  "column), plain: no detectable change, –: undefined.", ""]
+        lines += step_table(a)
+    if a.churn:
+        lines += ["", "## Churn: questions gained and lost (greedy)", ""] + churn_table(a)
+    if a.power:
+        lines += ["", "## Power: what this test set can detect", ""]
+        for p in a.power:
+            mde = f"{p.mde:.3f}" if p.mde is not None else _no_mde(p)
+            need = f"; {a.effect:g} needs about {p.n_needed} questions" if p.n_needed else ""
+            lines.append(f"- `{p.metric}`: smallest change detected with 80% power at alpha {a.alpha:g} on "
+                         f"{a.n_questions} questions: {mde}{need} (from {p.basis}).")
+    if a.spread:
+        lines += replicate_table(a, done)
+    if a.unavailable:
+        lines += ["", "## Unavailable", ""]
+        lines += [f"- `{k}`: {v}" for k, v in sorted(a.unavailable.items())]
+    lines += ["", "## Every metric per iteration", "",
+              f"Value [{a.confidence:.0%} interval: Wilson for per-question proportions, question bootstrap "
+              "for the rest].", ""]
     header = "| metric | " + " | ".join(f"M{t}" for t in done) + " |"
     lines += [header, "|---|" + "---:|" * len(done)]
     for key in sorted(run.metric_keys(), key=_key_order):
-        lines.append(f"| `{key}` | " + " | ".join(_fmt(r.get(key)) for r in run.rows) + " |")
-    lines += ["", "Metric definitions: docs/metrics.md; loop and artifacts: docs/loop.md.", ""]
+        if key.endswith(("/ci_low", "/ci_high")):
+            continue
+        cells = [_value_cell(r.get(key), a.intervals.get(int(r["iteration"]), {}).get(key)) for r in run.rows]
+        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    lines += ["", "Metric definitions and the statistics: docs/metrics.md; loop and artifacts: docs/loop.md."]
+    lines.append("")
     plots = sorted((run.folder / "plots").glob("*.png"))
     if plots:
         lines += ["## Plots", ""]
@@ -184,22 +451,60 @@ def render_report(run: RunRecord) -> str:
     return "\n".join(lines)
 
 
+def replicate_table(a: RunAnalysis, done: Sequence[int]) -> list[str]:
+    lines = ["", f"## Replicates: mean ± standard deviation over {a.replicates} runs", "",
+             "Each replicate reruns the whole loop with its own seed (training order, sampling); the "
+             "verdicts above pool them. The other tables show replicate 0 (this folder).", "",
+             "| metric | " + " | ".join(f"M{t}" for t in done) + " |", "|---|" + "---:|" * len(done)]
+    for key in sorted(a.spread, key=_key_order):
+        cells = []
+        for t in done:
+            m = a.spread[key].get(t)
+            partial = "" if m is None or m[2] == a.replicates else f" ({m[2]} runs)"
+            cells.append("–" if m is None else f"{m[0]:.4f} ± {m[1]:.4f}{partial}")
+        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _is_lines(run: RunRecord, a: RunAnalysis) -> list[str]:
+    if a.final is None:
+        return []
+    t = int(a.final.model[1:])
+    last = run.row(t) or {}
+    is_keys = [k for k in sorted(run.metric_keys(), key=_key_order) if k.startswith("is/m1_pass@")]
+    if not is_keys:
+        return []
+    size = last.get("is/size")
+    if not size:
+        return [f"- `is/*`: IS({t}) is empty: M{t} solves no test question that M1 fails (greedy)."]
+    top = is_keys[-1]
+    ci = a.intervals.get(t, {}).get(top)
+    return [
+        f"- `{top}`: M1 reaches {_value_cell(last.get(top), ci)} on the {size} questions of IS({t}) — "
+        f"the share of M{t}'s new solutions that were already within M1's reach by sampling "
+        "(high = selection, not new skill)."
+    ]
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def write_run_report(folder: str | os.PathLike, plots: bool = True) -> Path:
-    """<folder>/report.md (and, with `plots`, the PNGs in <folder>/plots/) from config.json and
-    metrics.jsonl."""
+    """<folder>/report.md, <folder>/verdicts.json (and, with `plots`, the PNGs in <folder>/plots/)
+    from config.json, metrics.jsonl and every model's per-question eval data."""
     run = load_run(folder)
+    analysis = analyse_run(run)
     if plots:
-        plot_run(run, run.folder / "plots")
-    return write_text_atomic(run.folder / "report.md", render_report(run))
+        plot_run(run, run.folder / "plots", analysis.intervals, analysis.churn, f"M{analysis.baseline}")
+    write_verdicts_json(run.folder / "verdicts.json", analysis.comparisons)
+    return write_text_atomic(run.folder / "report.md", render_report(run, analysis))
 
 
 def report_runs(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
-    """Compare several runs (e.g. one per paradigm): plots with one line per run and comparison.md
-    holding pass@1, coverage and OOD accuracy per iteration for each run."""
+    """Compare several runs (e.g. one per paradigm): plots with one line per run, comparison.md with
+    pass@1, coverage and OOD accuracy per iteration for each run, and paired tests of every run
+    against the first one on the same questions at each iteration (comparison_verdicts.json)."""
     runs = [load_run(f) for f in folders]
     if not runs:
         raise ValueError("report_runs needs at least one run folder")
@@ -220,5 +525,43 @@ def report_runs(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             cells = [_fmt((r.row(t) or {}).get(key)) for t in iterations]
             lines.append(f"| {r.label} ({r.folder}) | " + " | ".join(cells) + " |")
         lines.append("")
+    comparisons = _paired_between_runs(runs)
+    if comparisons:
+        alpha = stats_settings(runs[0].config, str(runs[0].folder / "config.json"))[0]
+        lines += [f"## Paired tests against `{runs[0].label}` (same questions, same iteration)", "",
+                  f"Difference [{1 - alpha:.0%} CI], Holm-adjusted p over the metrics of each comparison; "
+                  "progressed / regressed only when p_adj < alpha and the interval excludes 0.", "",
+                  "| run | model | metric | baseline | value | difference | p_adj | verdict |",
+                  "|---|---|---|---:|---:|---:|---:|---|"]
+        for label, c in comparisons:
+            for r in c.rows:
+                if r["verdict"] == UNDEFINED and r["metric"] not in HEADLINE:
+                    continue
+                lines.append(
+                    f"| {label} | {c.model} | `{r['metric']}` | {_fmt(r['baseline_value'])} | "
+                    f"{_fmt(r['value'])} | {_step_cell(r)} | {_p(r['p_adjusted'])} | {r['verdict']} |"
+                )
+        lines.append("")
+        write_verdicts_json(out / "comparison_verdicts.json", [c for _, c in comparisons])
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return write_text_atomic(out / "comparison.md", "\n".join(lines) + "\n")
+
+
+def _paired_between_runs(runs: Sequence[RunRecord]) -> list[tuple[str, Comparison]]:
+    """Every later run against the first, iteration by iteration, where both hold per-question data
+    on the same questions (otherwise the rows read undefined with the reason)."""
+    if len(runs) < 2:
+        return []
+    first = runs[0]
+    alpha, _, resamples = stats_settings(first.config, str(first.folder / "config.json"))
+    resampler = Resampler(resamples)
+    out = []
+    for other in runs[1:]:
+        for t in sorted(set(first.iterations) & set(other.iterations)):
+            a = load_model_data(eval_dir_of(first.folder, first.config, t), f"{first.label}:M{t}")
+            b = load_model_data(eval_dir_of(other.folder, other.config, t), f"{other.label}:M{t}")
+            if is_unavailable(a, "pass@1") or is_unavailable(b, "pass@1"):
+                continue
+            keys = sorted(set(a.metrics) | set(b.metrics), key=_key_order)
+            out.append((other.label, compare_models(a, b, keys, resampler, alpha)))
+    return out
