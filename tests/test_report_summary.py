@@ -340,3 +340,25 @@ def test_power_when_even_the_largest_possible_change_is_underpowered():
     assert line.mde is None and line.ceiling == pytest.approx(0.18) and line.n_needed > 40
     (line,) = power_lines(None, base, 400, 0.05, 0.05)
     assert stats.paired_binary_power(400, 0.18, line.mde) == pytest.approx(0.8, abs=1e-6)
+
+
+def test_a_metric_that_few_questions_define_gets_no_bootstrap_verdict(tmp_path):
+    """`diversity/correct/*` is defined only on questions with >= 2 correct samples: when one model
+    has 2 such questions, a percentile interval over resamples of 2 values is far too narrow (the
+    default run's first report called such a change "regressed"); the verdict is undefined, with
+    the reason, while the metrics with enough questions are still tested."""
+    q, rng = 120, np.random.default_rng(11)
+    p = rng.beta(0.7, 0.9, q)
+    folder = synthetic_run(tmp_path / "r", [p] * 4, [p] * 4, q, seed=3)
+    for t, defined in ((1, 2), (3, 60)):  # M1: 2 questions define it, M3: 60 (with lower values)
+        path = folder / f"iter_{t}" / "eval" / "details.json"
+        details = json.loads(path.read_text())
+        values = [1.0 if t == 1 else 0.5] * defined + [None] * (q - defined)
+        details["diversity"]["diversity/correct/distinct_n"] = values
+        path.write_text(json.dumps(details))
+    report = write_run_report(folder, plots=False).read_text()
+    by = {r["metric"]: r for r in _verdicts(folder) if (r["baseline"], r["model"]) == ("M1", "M3")}
+    assert by["diversity/correct/distinct_n"]["verdict"] == "undefined"
+    assert "only 2 question(s) define it on one side, fewer than 10" in report
+    assert by["diversity/incorrect/distinct_n"]["verdict"] != "undefined"
+    assert by["pass@1"]["verdict"] != "undefined"

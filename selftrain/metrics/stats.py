@@ -28,6 +28,10 @@ from scipy import optimize, stats
 
 DEFAULT_RESAMPLES = 2000
 POWER = 0.8  # the power every "smallest detectable change" is stated at
+# A bootstrap over fewer questions than this says little about the population of questions (a mean
+# over 2 questions resamples to a handful of values, and its percentile interval is far too narrow):
+# a paired bootstrap verdict on a metric that so few questions define is undefined.
+MIN_BOOTSTRAP_QUESTIONS = 10
 
 
 # ------------------------------------------------------------------ single proportions
@@ -101,6 +105,7 @@ class Statistic:
 
     columns: np.ndarray
     combine: Callable[[np.ndarray], np.ndarray]
+    support: int | None = None  # how many questions the value rests on (the fewest, for a ratio)
     # counts matrix id -> resampled values: a report resamples one statistic for its interval and
     # again in every comparison it enters; the product with 2,000 x 5,000 counts is the slow part.
     _memo: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
@@ -131,7 +136,8 @@ def mean_statistic(values: Sequence[float | None], members: Sequence[bool] | Non
     defined = np.isfinite(v)
     if members is not None:
         defined &= np.asarray(members, dtype=bool)
-    return Statistic(np.stack([np.where(defined, v, 0.0), defined.astype(np.float64)], axis=1), _ratio)
+    columns = np.stack([np.where(defined, v, 0.0), defined.astype(np.float64)], axis=1)
+    return Statistic(columns, _ratio, support=int(defined.sum()))
 
 
 def disparity_statistic(
@@ -150,7 +156,8 @@ def disparity_statistic(
             out = (acc_lo - acc_hi) / acc_lo
         return np.where(np.isfinite(out), out, np.nan)
 
-    return Statistic(np.stack([c * lo, lo, c * hi, hi], axis=1), combine)
+    support = int(min(lo.sum(), hi.sum()))
+    return Statistic(np.stack([c * lo, lo, c * hi, hi], axis=1), combine, support=support)
 
 
 def percentile_interval(resampled: np.ndarray, confidence: float = 0.95) -> tuple[float, float] | None:

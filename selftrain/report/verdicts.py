@@ -365,8 +365,17 @@ def compare_replicates(
             out.notes[key] = f"the models were evaluated on different {qset} questions"
             results.append((key, None))
             continue
-        counts = resampler.counts(qset, found[0][0].stat.columns.shape[0])
         a, b = found[0]
+        if a.outcomes is None or b.outcomes is None or len(pairs) > 1:  # a bootstrap test
+            supports = [s.support for x, y in found for s in (x.stat, y.stat) if s.support is not None]
+            if supports and min(supports) < stats.MIN_BOOTSTRAP_QUESTIONS:
+                out.notes[key] = (
+                    f"only {min(supports)} question(s) define it on one side, fewer than "
+                    f"{stats.MIN_BOOTSTRAP_QUESTIONS}: too few for a bootstrap test"
+                )
+                results.append((key, None))
+                continue
+        counts = resampler.counts(qset, found[0][0].stat.columns.shape[0])
         if len(pairs) > 1:
             res = stats.pooled_paired_bootstrap(
                 [(x.stat, y.stat) for x, y in found], counts, confidence, stats.stable_seed("replicates", key)
