@@ -94,3 +94,15 @@ def test_iter_verify_with_lora_trains_adapters_round_by_round(tmp_path):
         assert meta["r"] == 4 and not (adapter / "config.json").exists()
         bases.append(meta["base_model_name_or_path"])
     assert bases and bases[0] == "tiny-random"
+
+
+def test_a_lora_run_gets_its_own_default_folder():
+    """`make run` then the same command with `lora.r=8` must not meet in one folder (the second
+    would be refused as a run made with other settings)."""
+    from selftrain.config import parse_cli
+    from selftrain.loop.config import LoopConfig
+
+    full = parse_cli(LoopConfig, ["config=recipes/configs/default.yaml", "paradigm=iter_sft_dpo"])
+    lora = parse_cli(LoopConfig, ["config=recipes/configs/default.yaml", "paradigm=iter_sft_dpo", "lora.r=8"])
+    assert full.run_dir == Path("runs/iter_sft_dpo-arith")
+    assert lora.run_dir == Path("runs/iter_sft_dpo-arith-lora")

@@ -153,7 +153,9 @@ class LoopConfig:
 
     @property
     def run_name(self) -> str:
-        return self.name or f"{self.paradigm}-{self.task}"
+        # a LoRA run gets a folder of its own by default: `make run` then `... lora.r=8` must not
+        # collide on one folder (its config check would refuse the second)
+        return self.name or f"{self.paradigm}-{self.task}" + ("-lora" if self.lora is not None else "")
 
     @property
     def run_dir(self) -> Path:
