@@ -4,6 +4,7 @@ and selftrain's sampler."""
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tolerances import assert_as_accurate, assert_greedy_matches_hf
 
 from selftrain.config import ConfigError, parse_cli
 from selftrain.models import load_model, load_tokenizer, resolve_model_path
@@ -172,28 +174,22 @@ def test_sampler_on_the_adapter_equals_peft(sft_run):
     prompts = [r["prompt"] for r in RECS] + ["Q7: add 7 and"]
     vocab = list(range(peft_model.config.vocab_size))
     probs = sampler.next_token_probs(prompts, vocab)
+    # the float64 truth both fp32 forwards are measured against (tests/tolerances.py): the sampler
+    # on its merged weights (one more fp32 rounding per weight, and its own summation orders) must
+    # be as accurate as PEFT's unmerged fp32 forward of the same model
+    peft64 = copy.deepcopy(peft_model).double()
     for p, row in zip(prompts, probs):
         ids = torch.tensor([tok(p)["input_ids"]])
         with torch.no_grad():
-            want = torch.softmax(peft_model(input_ids=ids).logits[0, -1].double(), -1)
+            want = torch.softmax(peft_model(input_ids=ids).logits[0, -1].float(), -1)
+            truth = torch.softmax(peft64(input_ids=ids).logits[0, -1], -1)
         got = torch.tensor(row, dtype=torch.float64)
-        # The sampler's own forward already differs from HF's in summation order (fused q/k/v,
-        # feature-major products, C kernels): tests/test_sampler.py holds its next-token
-        # probabilities to HF's at rtol 1e-4 / atol 1e-7 on the plain model, and this is the
-        # same bound. Merging adds one fp32 rounding per weight (relative 6e-8), which moves a
-        # logit by ~6e-8 of its size (|logits| < 10 here): two orders below it. Measured: 8e-6.
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+        # probabilities: relative errors, each on the scale of its own size
+        assert_as_accurate(got / truth, want / truth, torch.ones_like(truth), scale=1.0)
     outs = sampler.generate(prompts, max_new_tokens=20, temperature=0.0)
     for p, out in zip(prompts, outs):
-        ids = torch.tensor([tok(p)["input_ids"]])
-        gen = peft_model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=20,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-        )
-        assert out[0].token_ids == gen[0, ids.shape[1] :].tolist()[: len(out[0].token_ids)]
+        ids = tok(p)["input_ids"]
+        assert_greedy_matches_hf(peft_model, peft64, ids, out[0].token_ids, 20, tok.pad_token_id)
 
 
 # ------------------------------------------------------------------------------------ DPO
