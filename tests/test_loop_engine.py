@@ -18,7 +18,8 @@ from selftrain.loop.config import DataSection, EvalSection, LoopConfig, WandbSec
 from selftrain.loop.engine import ConfigMismatchError, run_loop
 from selftrain.train import TrainConfig, TrainResult
 
-ARITH = {"train_size": 12, "test_size": 9, "ood_size_per_level": 2}
+# 12 test questions: a bootstrap verdict needs at least 10 (stats.MIN_BOOTSTRAP_QUESTIONS)
+ARITH = {"train_size": 12, "test_size": 12, "ood_size_per_level": 2}
 
 
 def _unit(text: str) -> float:
@@ -306,6 +307,6 @@ def test_evaluate_recipe_reports_paired_verdicts_and_logs_intervals(fakes, no_pl
     assert rows[1]["pass@1/ci_low"] <= rows[1]["pass@1"] <= rows[1]["pass@1/ci_high"]
     assert "is/m1_pass@2/ci_low" in rows[1] or rows[1]["is/size"] == 0
     report = (out / "report.md").read_text()
-    assert "M1 against M0 on the same 9 test questions" in report
+    assert "M1 against M0 on the same 12 test questions" in report
     verdicts = json.loads((out / "verdicts.json").read_text())
     assert {(v["baseline"], v["model"]) for v in verdicts} == {("M0", "M1")}
