@@ -10,6 +10,7 @@ from pathlib import Path
 
 from half_arith import run_recipe
 from safetensors.torch import load_file
+from test_iter_verify_e2e import ARGS as IV_ARGS
 
 ARGS = [
     "config=recipes/configs/default.yaml",
@@ -67,23 +68,8 @@ def test_lora_loop_runs_end_to_end_chains_adapters_and_resumes(tmp_path):
 def test_iter_verify_with_lora_trains_adapters_round_by_round(tmp_path):
     """Paper B's loop takes the same top-level lora section: f_{t+1} is an adapter on f_t."""
     out = tmp_path / "iv"
-    args = [
-        "model=tiny-random",
-        "task=half_arith",
-        "iterations=2",
-        "n_samples=4",
-        "filter=mc:top=0.5",
-        "update=rpo",
-        "max_pairs_per_question=2",
-        "data.task_options={train_size: 4, test_size: 1, ood_size_per_level: 1}",
-        "sampling.max_new_tokens=8",
-        "verify.max_new_tokens=8",
-        "dpo.global_batch_size=4",
-        "dpo.lr=1e-4",
-        "lora.r=4",
-        f"out_dir={out}",
-    ]
-    run_recipe("iter_verify", args, procs=1)
+    # the 2-process end-to-end test's settings (tests/test_iter_verify_e2e.py), on one process
+    run_recipe("iter_verify", [*IV_ARGS, "lora.r=4", f"out_dir={out}"], procs=1)
     bases = []
     for t in (0, 1):
         result = json.loads((out / f"round_{t}" / "train" / "result.json").read_text())

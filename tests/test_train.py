@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from killers import kill_after_save
 from safetensors.torch import load_file
 
 import selftrain.train.fsdp as fsdp_mod
@@ -167,17 +168,8 @@ KILL_RECS = [{"prompt": f"prompt {i}", "response": "response " * (i + 1)} for i 
 KILL_CFG = dict(
     lr=2e-3, epochs=3, global_batch_size=3, micro_batch_size=2, save_every=2, wandb_mode="disabled"
 )
-KILLER = f"""
-import os, signal, sys
-import selftrain.train.state as st
+KILLER = kill_after_save("int(sys.argv[2])") + f"""
 from selftrain.train import TrainConfig, train
-real = st.save_state
-def save_then_die(root, step, *a, **k):
-    path = real(root, step, *a, **k)
-    if step == int(sys.argv[2]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-st.save_state = save_then_die
 train(TrainConfig(**{KILL_CFG!r}), "tiny-random", {KILL_RECS!r}, sys.argv[1])
 """
 

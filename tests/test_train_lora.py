@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from killers import kill_after_save
 from safetensors.torch import load_file
 from tolerances import assert_as_accurate, assert_greedy_matches_hf
 
@@ -259,17 +260,8 @@ KILL_CFG = dict(
     lora={"r": 4, "alpha": 8.0},
 )
 KILL_RECS = [{"prompt": f"prompt {i}", "response": "response " * (i + 1)} for i in range(6)]
-KILLER = f"""
-import os, signal, sys
-import selftrain.train.state as st
+KILLER = kill_after_save("int(sys.argv[2])") + f"""
 from selftrain.train import TrainConfig, train
-real = st.save_state
-def save_then_die(root, step, *a, **k):
-    path = real(root, step, *a, **k)
-    if step == int(sys.argv[2]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-st.save_state = save_then_die
 train(TrainConfig(**{KILL_CFG!r}), "tiny-random", {KILL_RECS!r}, sys.argv[1])
 """
 

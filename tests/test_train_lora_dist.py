@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from killers import kill_after_save
 from safetensors.torch import load_file
 from test_train_dist import _rows, _torchrun, _write  # the same launcher and file helpers
 
@@ -24,19 +25,9 @@ pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"
 )
 
-WORKER = """
-import os, signal, sys
-import selftrain.train.state as st
+WORKER = kill_after_save("int(sys.argv[3])") + """
 from selftrain import dist
 from selftrain.train import TrainConfig, train
-kill_at = int(sys.argv[3])
-real = st.save_state
-def save_then_die(root, step, *a, **k):
-    path = real(root, step, *a, **k)
-    if step == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)  # torchrun then stops the other rank
-    return path
-st.save_state = save_then_die
 dist.init_distributed()
 cfg = eval(sys.argv[4])
 train(TrainConfig(**cfg), "tiny-random", sys.argv[1] + "/sft.jsonl", sys.argv[2] + "/sft")
