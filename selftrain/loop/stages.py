@@ -123,8 +123,8 @@ def _stamp(final: Path) -> tuple:
 
 def _intact(final: Path) -> bool:
     """Rank 0: whether `final` is a finished stage whose files match its marker (hashed in full
-    once per process, then again only if a file's size or mtime changes; a damaged stage is
-    reported by path)."""
+    once per process, then again only if a file's size or mtime changes). A damaged stage is
+    reported by path and removed, with its outputs elsewhere, so that it is recomputed."""
     if not (final / DONE).is_file():
         return False
     stamp = _stamp(final)
