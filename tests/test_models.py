@@ -1,7 +1,15 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
-from selftrain import models
+from selftrain import hf_folder, models
 from selftrain.models import ModelLoadError, load_model, load_tokenizer, save_checkpoint
 
 
@@ -61,7 +69,7 @@ def test_folder_without_weights_names_the_path(tmp_path):
     out = save_checkpoint(load_model("tiny-random"), load_tokenizer("tiny-random"), tmp_path / "ckpt")
     (out / "model.safetensors").unlink()  # config and tokenizer, no weights
     for load in (load_model, Sampler):
-        with pytest.raises(ModelLoadError, match=rf"{out}.*no file named model\.safetensors"):
+        with pytest.raises(ModelLoadError, match=rf"{out} is damaged: model\.safetensors is missing"):
             load(str(out))
 
 
@@ -90,3 +98,98 @@ def test_interrupted_cache_build_leaves_no_cache(monkeypatch, tmp_path):
         models.builtin_path(models.TINY_RANDOM)
     assert not (tmp_path / models.TINY_RANDOM).exists()
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def _torchrun(script: Path, nproc: int, *args: str, env: dict) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("nproc, name", [(2, models.SMOLLM2), (8, models.TINY_RANDOM)])
+def test_a_nonzero_rank_builds_a_complete_cache_once(tmp_path, nproc, name):
+    """The failure this guards: transformers >= 5.24 writes nothing from save_pretrained on a
+    rank != 0, and the cache was published with a tokenizer and no config or weights."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, SELFTRAIN_CACHE=str(cache), OMP_NUM_THREADS="1")
+    proc = _torchrun(Path(__file__).with_name("cache_builders.py"), nproc, str(out), name, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    builds = (out / "builds.txt").read_text().split()
+    ranks, built = builds[0::2], builds[1::2]
+    # each model once per machine (tiny-random borrows smollm2's tokenizer, so it builds both)
+    expected = [models.SMOLLM2] if name == models.SMOLLM2 else [models.SMOLLM2, models.TINY_RANDOM]
+    assert sorted(built) == sorted(expected), builds
+    assert "0" not in ranks, f"rank 0 built {builds}: the test did not force a non-zero rank"
+    assert sorted(p.name for p in out.glob("ok-*")) == sorted(f"ok-{r}" for r in range(nproc))
+    for model in expected:
+        assert hf_folder.published_problems(cache / model) == []
+        assert (cache / model / "config.json").is_file() and (cache / model / "model.safetensors").is_file()
+
+
+def _tiny_cache(tmp_path: Path) -> Path:
+    """An empty cache whose smollm2 (tiny-random's tokenizer source) is the session's own."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / models.SMOLLM2).symlink_to(models.builtin_path(models.SMOLLM2))
+    return cache
+
+
+def test_poisoned_cache_folder_is_named_and_rebuilt(monkeypatch, tmp_path, caplog):
+    cache = _tiny_cache(tmp_path)
+    monkeypatch.setenv("SELFTRAIN_CACHE", str(cache))
+    poisoned = cache / models.TINY_RANDOM  # what rank 1 published under transformers 5.24
+    poisoned.mkdir()
+    load_tokenizer("smollm2-135m").save_pretrained(str(poisoned))
+    (poisoned / hf_folder.DONE).write_text("ok\n")
+    with caplog.at_level("WARNING", logger="selftrain.models"):
+        model = load_model(models.TINY_RANDOM)
+    assert "config.json is missing" in caplog.text and str(poisoned) in caplog.text
+    assert hf_folder.published_problems(poisoned) == []
+    assert model.config.hidden_size == 64
+
+
+def test_cached_folder_with_a_truncated_weight_file_is_rebuilt(monkeypatch, tmp_path):
+    cache = _tiny_cache(tmp_path)
+    monkeypatch.setenv("SELFTRAIN_CACHE", str(cache))
+    folder = models.builtin_path(models.TINY_RANDOM)
+    weights = folder / "model.safetensors"
+    reference = weights.read_bytes()
+    weights.write_bytes(reference[: len(reference) // 2])
+    assert "model.safetensors" in " ".join(hf_folder.published_problems(folder))
+    models.builtin_path(models.TINY_RANDOM)
+    assert weights.read_bytes() == reference
+
+
+def test_damaged_sharded_checkpoint_names_the_missing_shard(tmp_path):
+    out = save_checkpoint(load_model("tiny-random"), load_tokenizer("tiny-random"), tmp_path / "ckpt",
+                          max_shard_size="4MB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 2
+    assert AutoModelForCausalLM.from_pretrained(str(out)) is not None  # plain transformers reads it
+    (out / shards[-1]).unlink()
+    assert not models.is_complete_checkpoint(out)
+    with pytest.raises(ModelLoadError, match=rf"{out} is damaged: {shards[-1]} is missing"):
+        load_model(str(out))
+
+
+def test_a_folder_that_fails_verification_is_not_published(tmp_path):
+    def write(dest: Path) -> None:
+        load_tokenizer("tiny-random").save_pretrained(str(dest))  # no config, no weights
+
+    with pytest.raises(hf_folder.IncompleteFolder, match="config.json is missing"):
+        models.publish_folder(write, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writes_do_not_ask_the_library_for_the_rank(monkeypatch, tmp_path):
+    """A process that transformers would take for a non-zero rank still writes everything."""
+    import transformers.distributed.mixin as mixin
+
+    monkeypatch.setattr(mixin.DistributedMixin, "should_save_on_this_rank", lambda self, main: False)
+    out = save_checkpoint(load_model("tiny-random"), load_tokenizer("tiny-random"), tmp_path / "ckpt")
+    assert hf_folder.published_problems(out) == []

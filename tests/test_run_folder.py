@@ -159,6 +159,7 @@ def test_a_live_holder_refuses_a_second_claim_and_a_killed_one_leaves_no_stale_l
     finally:
         holder.kill()  # SIGKILL: no clean-up code runs, the kernel drops the lock
         holder.wait()
+        holder.stdout.close()
     claim_run_folder(tmp_path)
     assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
     release_run_folder(tmp_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import dist
+from .. import dist, hf_folder
 from ..models import (
     BUILTIN_MODELS,
     declared_dtype,
@@ -145,7 +146,12 @@ def attach_adapter(model: nn.Module, cfg: LoraConfig, base: str) -> Any:
     )
     model.name_or_path = base  # PEFT records the model's own name as the adapter's base
     try:
-        peft_model = get_peft_model(model, pcfg)
+        with warnings.catch_warnings():
+            # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a
+            # model; after its removal (transformers 6) PEFT's getattr default applies, which only
+            # makes the input embeddings' output require grad. Silenced here, not project-wide.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+            peft_model = get_peft_model(model, pcfg)
     except ValueError as e:  # PEFT: a target that names no module
         raise ValueError(f"lora.target_modules={cfg.target_modules}: {e}") from None
     _check_placement(peft_model.get_base_model(), cfg)
@@ -169,7 +175,7 @@ def load_quantized_base(model: str, device: torch.device, work_dir: Path) -> nn.
         if is_adapter_folder(path):
             work_dir.mkdir(parents=True, exist_ok=True)
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=".merged-", dir=work_dir))
-            load_model(path, torch.float32, "cpu").save_pretrained(tmp, safe_serialization=True)
+            hf_folder.write_model(load_model(path, torch.float32, "cpu"), Path(tmp))
             path = tmp
         base = AutoModelForCausalLM.from_pretrained(
             path, quantization_config=qcfg, dtype=torch.bfloat16, device_map={"": str(device)}
@@ -223,19 +229,14 @@ def trainable_state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(peft_model: Any, state: dict[str, torch.Tensor], tokenizer: Any, path: Path) -> Path:
-    """Write the adapter in PEFT's format (adapter_config.json + adapter_model.safetensors, by
-    PEFT's own save_pretrained) with the tokenizer, atomically. Call on one process."""
+    """Write the adapter in PEFT's format (adapter_config.json + adapter_model.safetensors) with
+    the tokenizer, verified and atomically (hf_folder: no library decides by the rank whether to
+    write). Call on the one process that writes."""
 
     def write(tmp: Path) -> None:
-        full = {PEFT_PREFIX + k: v for k, v in state.items()}
-        # save_embedding_layers=False: embeddings are never adapted here (_check_placement), and
-        # PEFT's "auto" would look the base up on the hub to compare vocabulary sizes
-        peft_model.save_pretrained(
-            str(tmp), state_dict=full, safe_serialization=True, save_embedding_layers=False
-        )
-        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
+        hf_folder.write_adapter(peft_model, {PEFT_PREFIX + k: v for k, v in state.items()}, tmp)
         if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
+            hf_folder.write_tokenizer(tokenizer, tmp)
 
     return publish_folder(write, path)
 

@@ -89,7 +89,9 @@ def save_state(
     dist.barrier()
     model_sd, optim_sd = get_state_dict(scorer, optimizer, options=_options(trainable_only))
     model_sd = _trainable(model_sd, scorer) if trainable_only else model_sd
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    # no_dist on one process: DCP's collective writer (each rank its own shards) needs no group there
+    single = not dist.is_initialized()
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=single)
     rngs = dist.gather_objects(_rng_state())
     if dist.is_main():
         torch.save(rngs, tmp / "rng.pt")
@@ -118,7 +120,7 @@ def load_state(
     model_sd, optim_sd = get_state_dict(scorer, optimizer, options=opts)
     model_sd = _trainable(model_sd, scorer) if trainable_only else model_sd
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(folder))
+    dcp.load(state, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
     set_state_dict(
         scorer, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=opts
     )
