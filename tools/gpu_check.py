@@ -255,6 +255,22 @@ NOT_CARRIED = {
 }
 
 
+# the lent machine's python and platform, for `pip download` and the dry run's `pip install --dry-run`
+TARGET = [
+    "--only-binary=:all:",
+    "--python-version",
+    "3.12",
+    "--implementation",
+    "cp",
+    "--platform",
+    "manylinux_2_28_x86_64",
+    "--platform",
+    "manylinux_2_17_x86_64",
+    "--platform",
+    "manylinux2014_x86_64",
+]
+
+
 def _norm(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
@@ -331,6 +347,34 @@ def missing_requirements(wheel_dir: Path) -> list[str]:
     return missing
 
 
+def prepare_travel() -> None:
+    """tools/gpu_wheels.sh: download the pinned wheels into .gpu_travel/wheels and copy the built
+    tiny-random model (its tokenizer is SmolLM2's) into .gpu_travel/cache."""
+    import shutil
+
+    from selftrain.models import builtin_path
+
+    shutil.rmtree(TRAVEL, ignore_errors=True)
+    WHEELS.mkdir(parents=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            *TARGET,
+            "-d",
+            str(WHEELS),
+            "-r",
+            str(WHEEL_LIST),
+        ],
+        check=True,
+    )
+    shutil.copytree(builtin_path(TOKENIZER_MODEL), TRAVEL_CACHE / TOKENIZER_MODEL)
+
+
 def check_travel() -> dict[str, Any]:
     """The travel folder's check: every carried wheel's needs met, the size under the limit."""
     report = {
@@ -359,8 +403,8 @@ def section_install(p: dict, emit: Callable[[dict], None]) -> None:
     wheels = sorted(str(w) for w in WHEELS.glob("*.whl"))
     pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-cache-dir"]
     commands = []
-    if wheels:
-        commands.append(pip + ["--no-compile"] + (["--dry-run"] if dry else []) + wheels)
+    if wheels:  # the dry run asks pip whether they install on the GPU machine's python and platform
+        commands.append(pip + ["--no-compile"] + (["--dry-run", *TARGET] if dry else []) + wheels)
     commands.append(pip + ["--no-build-isolation"] + (["--dry-run"] if dry else []) + ["-e", str(REPO)])
     result: dict[str, Any] = {"wheels": [Path(w).name for w in wheels], "steps": []}
     for cmd in commands:
@@ -379,8 +423,7 @@ def section_install(p: dict, emit: Callable[[dict], None]) -> None:
         emit(result)
     check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
     result["pip_check"] = (check.stdout + check.stderr)[-2000:]
-    imports = {}
-    for module in (
+    modules = [
         "selftrain",
         "selftrain.kernels",
         "selftrain._sandbox",
@@ -391,11 +434,21 @@ def section_install(p: dict, emit: Callable[[dict], None]) -> None:
         "gguf",
         "datasets",
         "wandb",
-    ):
-        proc = subprocess.run(
-            [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd="/"
-        )  # not the repo: the installed package, not the source folder
-        imports[module] = "ok" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
+    ]
+    probe = (
+        "import importlib, json, sys\n"
+        "out = {}\n"
+        "for m in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(m)\n"
+        "        out[m] = 'ok'\n"
+        "    except Exception as e:\n"
+        "        out[m] = f'{type(e).__name__}: {e}'[:300]\n"
+        "print(json.dumps(out))\n"
+    )
+    # from / rather than the repo: the installed package, not the source folder
+    proc = subprocess.run([sys.executable, "-c", probe, *modules], capture_output=True, text=True, cwd="/")
+    imports = json.loads(proc.stdout) if proc.returncode == 0 else {m: proc.stderr[-300:] for m in modules}
     result["imports"] = imports
     result["machine"] = _machine()
     emit(result)
@@ -683,13 +736,15 @@ def section_trainer(p: dict, emit: Callable[[dict], None]) -> None:
     device = p["device"]
     result: dict[str, Any] = {"variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        model = random_model(p["trainer_model"], tok, p["dtype"], "cpu")
+        model = random_model(p["trainer_model"], tok, p["dtype"], device)
         result["model"] = {
             "shape": p["trainer_model"],
             "parameters": sum(t.numel() for t in model.parameters()),
         }
         folder = str(save_checkpoint(model, tok, Path(tmp) / "model"))
-        del model
+        del model  # the workers are other processes: free this one's GPU memory first
+        if device == "cuda":
+            torch.cuda.empty_cache()
         sft, pairs = bench.make_data(tok, p["trainer_batch"])
         tokens = {"sft": bench.count_tokens(tok, sft, "sft"), "dpo": bench.count_tokens(tok, pairs, "dpo")}
         result["tokens_per_step"] = tokens
@@ -734,8 +789,6 @@ def section_trainer(p: dict, emit: Callable[[dict], None]) -> None:
             result["variants"][v] = r
             print(v, json.dumps(r)[:500], flush=True)
             emit(result)
-        if device == "cuda":
-            torch.cuda.empty_cache()
 
 
 SECTION_FUNCS: dict[str, Callable[[dict, Callable[[dict], None]], None]] = {
@@ -865,7 +918,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=False, help="folder for gpu_check.json / .txt / .log")
     ap.add_argument("--dry-run", action="store_true", help="every section on tiny shapes on the CPU")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma list (default: all, in order)")
-    ap.add_argument("--check-travel", action="store_true", help="check .gpu_travel (tools/gpu_wheels.sh)")
+    ap.add_argument(
+        "--prepare-travel", action="store_true", help="tools/gpu_wheels.sh: make and check .gpu_travel"
+    )
     ap.add_argument("--section", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -877,7 +932,8 @@ def main() -> None:
     if args.dry_run:
         os.environ["SELFTRAIN_DEVICE"] = "cpu"
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    if args.check_travel:
+    if args.prepare_travel:
+        prepare_travel()
         report = check_travel()
         print(json.dumps(report, indent=2))
         raise SystemExit(0 if report["ok"] else 1)
