@@ -109,18 +109,8 @@ SHAPES: dict[str, dict[str, Any]] = {
         rope_theta=10000.0,
         max_position_embeddings=2048,
     ),
-    "tiny-8b": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=50000,
-        tie_word_embeddings=False,
-        rope_theta=500000.0,
-        max_position_embeddings=2048,
-    ),
 }
+SHAPES["tiny-8b"] = {**SHAPES["tiny"], "vocab_size": 50000, "tie_word_embeddings": False, "rope_theta": 5e5}
 
 
 def plan(dry_run: bool) -> dict[str, Any]:
