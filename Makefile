@@ -60,3 +60,16 @@ test-latest:
 
 clean:
 	rm -rf $(VENV) .venv-latest build *.egg-info runs
+
+# Every GPU measurement in one time-boxed run (tools/gpu_check.py): on a lent GPU machine with the
+# image's python3 (`make gpu-check`; .gpu_travel/ from tools/gpu_wheels.sh carried along), or on
+# tiny shapes on the CPU (`make gpu-check DRY_RUN=1`). Results: $(GPU_CHECK_OUT)/gpu_check.{json,txt,log}.
+GPU_CHECK_OUT ?= runs/gpu-check
+.PHONY: gpu-check
+ifeq ($(DRY_RUN),1)
+gpu-check: install
+	$(PY) tools/gpu_check.py --dry-run --out $(GPU_CHECK_OUT)
+else
+gpu-check:
+	$(PYTHON) tools/gpu_check.py --out $(GPU_CHECK_OUT)
+endif

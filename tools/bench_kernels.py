@@ -40,7 +40,19 @@ import time
 SHAPES = {
     "smollm2": (2048, 576, 49152),  # SmolLM2-135M: 2048 tokens, hidden 576, vocab 49152
     "llama8b": (8192, 4096, 128256),  # Llama-3-8B
+    "tiny": (64, 32, 512),  # tools/gpu_check.py --dry-run: the same code paths in a second
 }
+
+
+def variants_for(device: str) -> list[str]:
+    """The variants measured on `device`: naive and fused, the uniform-gradient fused path on CPU,
+    Liger's fused linear cross entropy on CUDA when `liger_kernel` imports."""
+    import importlib.util
+
+    variants = ["naive", "fused"] + (["fused_uniform"] if device == "cpu" else [])
+    if device == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
+        variants.append("liger")
+    return variants
 
 
 def _rss_bytes(field: str) -> int:
@@ -174,16 +186,12 @@ def main() -> None:
         print(json.dumps(_worker(args.worker, args.shapes, args.device, args.repeats, args.dtype)))
         return
 
-    import importlib.util
-
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
-    variants = ["naive", "fused"] + (["fused_uniform"] if device == "cpu" else [])
-    if importlib.util.find_spec("liger_kernel") is not None and device == "cuda":
-        variants.append("liger")
-    else:
+    variants = variants_for(device)
+    if "liger" not in variants:
         print("liger_kernel: not importable here (or no CUDA) -> Liger FLCE skipped")
     path = "triton" if device == "cuda" else "torch (chunked)"
     print(

@@ -131,11 +131,25 @@ def bench_vllm(model_path: str, prompts, n, args) -> dict | None:
     return {"tokens": tokens, "seconds": sec, "tok_s": tokens / sec}
 
 
-def gpu_roofline(sampler) -> str:
-    """Decode tokens/s and achieved / measured-peak memory bandwidth over decode-only steps."""
+def _copy_bandwidth(device: torch.device, nbytes: int) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (bytes read + written per copy)."""
+    x = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    _sync(device)
+    return 2 * x.numel() * 10 / (time.perf_counter() - t0)
+
+
+def decode_roofline(sampler, copy_bytes: int = 256 * 1024 * 1024) -> dict:
+    """Decode tokens/s, decode-only steps/s and achieved / measured-peak memory bandwidth over the
+    sampler's decode-only steps so far: weights + KV read per step vs a measured copy bandwidth."""
     st = sampler.stats
     if st.decode_steps == 0:
-        return "no decode-only steps"
+        return {"decode_steps": 0}
     m = sampler.model
     elt = torch.tensor([], dtype=m.dtype).element_size()
     tensors = [m.embed, m.final_norm] + ([] if m.lm_head is m.embed else [m.lm_head])
@@ -146,19 +160,26 @@ def gpu_roofline(sampler) -> str:
     a = m.args
     kv_bytes = st.decode_step_context * a.num_layers * 2 * a.num_kv_heads * a.head_dim * elt
     moved = weight_bytes * st.decode_steps + kv_bytes
-    x = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=sampler.device)
-    y = torch.empty_like(x)
-    y.copy_(x)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(10):
-        y.copy_(x)
-    torch.cuda.synchronize()
-    peak = 2 * x.numel() * 10 / (time.perf_counter() - t0)  # read + write per copy
+    peak = _copy_bandwidth(sampler.device, copy_bytes)
     achieved = moved / st.decode_step_seconds
-    return (f"decode {st.decode_step_tokens / st.decode_step_seconds:.0f} tok/s over {st.decode_steps} "
-            f"decode-only steps; {achieved / 1e9:.0f} GB/s of measured {peak / 1e9:.0f} GB/s copy bandwidth "
-            f"= {100 * achieved / peak:.0f}% of the roofline")
+    return {
+        "decode_steps": st.decode_steps,
+        "decode_tok_s": st.decode_step_tokens / st.decode_step_seconds,
+        "decode_steps_per_s": st.decode_steps / st.decode_step_seconds,
+        "mean_decode_step_ms": 1000 * st.decode_step_seconds / st.decode_steps,
+        "weight_bytes": weight_bytes,
+        "achieved_gb_s": achieved / 1e9,
+        "copy_gb_s": peak / 1e9,
+        "roofline_fraction": achieved / peak,
+    }
+
+
+def roofline_line(r: dict) -> str:
+    if not r.get("decode_steps"):
+        return "no decode-only steps"
+    return (f"decode {r['decode_tok_s']:.0f} tok/s over {r['decode_steps']} decode-only steps "
+            f"({r['mean_decode_step_ms']:.2f} ms each); {r['achieved_gb_s']:.0f} GB/s of measured "
+            f"{r['copy_gb_s']:.0f} GB/s copy bandwidth = {100 * r['roofline_fraction']:.0f}% of the roofline")
 
 
 def main() -> None:
@@ -204,7 +225,7 @@ def main() -> None:
         print(f"selftrain     {ours['tok_s']:8.1f} generated tok/s  ({ours['tokens']} tokens in "
               f"{ours['seconds']:.1f} s)")
         if sampler.device.type == "cuda":
-            print("  GPU: " + gpu_roofline(sampler))
+            print("  GPU: " + roofline_line(decode_roofline(sampler)))
         if hf_model is not None:
             hf = bench_hf(hf_model, tokenizer, prompts, n, args, eos)
             print(f"HF generate   {hf['tok_s']:8.1f} generated tok/s  ({hf['tokens']} tokens in "

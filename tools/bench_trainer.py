@@ -50,13 +50,13 @@ WORDS = (
 ).split()
 
 
-def _questions() -> list[str]:
+def _questions(count: int) -> list[str]:
     path = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
     if path.is_file():
         with open(path) as fh:
-            return [json.loads(next(fh))["question"] for _ in range(BATCH)]
+            return [json.loads(next(fh))["question"] for _ in range(count)]
     return [
-        f"A shop sells {i + 3} boxes of {i + 7} pens each. How many pens does it sell?" for i in range(BATCH)
+        f"A shop sells {i + 3} boxes of {i + 7} pens each. How many pens does it sell?" for i in range(count)
     ]
 
 
@@ -73,10 +73,11 @@ def _text_of_tokens(tok, n: int, offset: int) -> str:
     return " ".join(words[:lo])
 
 
-def make_data(tok) -> tuple[list[dict], list[dict]]:
-    """SFT records and DPO pairs with prompts rendered through the chat template."""
+def make_data(tok, batch: int = BATCH) -> tuple[list[dict], list[dict]]:
+    """`batch` SFT records and DPO pairs (one step's batch) with prompts rendered through the chat
+    template."""
     sft, pairs = [], []
-    for i, q in enumerate(_questions()):
+    for i, q in enumerate(_questions(batch)):
         prompt = tok.apply_chat_template(
             [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
         )
@@ -119,7 +120,7 @@ def worker_selftrain(kind: str, records: list[dict], steps: int, model_path: str
     cfg = TrainConfig(
         lr=1e-6,
         epochs=steps + 1,
-        global_batch_size=BATCH,
+        global_batch_size=len(records),  # one step per epoch
         max_length=MAX_LENGTH,
         warmup_ratio=0.0,
         wandb_mode="disabled",
@@ -140,6 +141,7 @@ def worker_trl(kind: str, records: list[dict], steps: int, model_path: str, extr
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+    cuda = torch.cuda.is_available()  # on CUDA: fp32 weights under bf16 autocast, as selftrain's bf16
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     stamps: list[float] = []
@@ -153,7 +155,7 @@ def worker_trl(kind: str, records: list[dict], steps: int, model_path: str, extr
 
     common = dict(
         output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=BATCH,
+        per_device_train_batch_size=len(records),
         gradient_accumulation_steps=1,
         max_steps=steps + 1,
         learning_rate=1e-6,
@@ -161,8 +163,8 @@ def worker_trl(kind: str, records: list[dict], steps: int, model_path: str, extr
         logging_steps=1,
         report_to=[],
         save_strategy="no",
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not cuda,
+        bf16=cuda,
         gradient_checkpointing=True,
         max_length=MAX_LENGTH,
         dataloader_num_workers=0,
@@ -227,6 +229,8 @@ def run_worker(spec: dict) -> None:
         torch.set_num_threads(torch_threads)
     result = fn(kind, spec["records"], spec["steps"], spec["model_path"], spec.get("extra", {}))
     result["peak_gib"] = _peak_rss_gib()
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        result["peak_gpu_gib"] = sys.modules["torch"].cuda.max_memory_allocated() / 2**30
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -257,6 +261,31 @@ def _launch(python: str, spec: dict, timeout: int) -> dict:
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     raise RuntimeError(f"{spec['variant']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def variant_spec(
+    variant: str, records: list[dict], steps: int, model_path: str, micro: int, ac: bool
+) -> dict:
+    """A worker's spec for `variant` (selftrain-sft[-lora][-ac], trl-dpo[-lora], ...); `ac` turns
+    activation checkpointing on for every selftrain variant."""
+    parts = variant.split("-")[2:]  # suffixes: -lora, -ac, in either order
+    lora = {"lora": dict(LORA)} if "lora" in parts else {}
+    return {
+        "variant": variant,
+        "records": records,
+        "steps": steps,
+        "model_path": model_path,
+        "extra": {"micro_batch_size": micro, "activation_checkpointing": ac or "ac" in parts, **lora}
+        if variant.startswith("selftrain")
+        else lora,
+    }
+
+
+def measure(spec: dict, python: str, tokens: int, timeout: int) -> dict:
+    """Run one variant in a fresh `python` process; its result with tokens/s from `tokens` per step."""
+    r = _launch(python, spec, timeout)
+    r["tokens_per_s"] = tokens / r["step_s"]
+    return r
 
 
 def main() -> None:
@@ -306,18 +335,6 @@ def main() -> None:
     results: dict[str, dict] = {}
     for v in variants:
         kind = v.split("-")[1]
-        parts = v.split("-")[2:]  # suffixes: -lora, -ac, in either order
-        ac = args.ac or "ac" in parts
-        lora = {"lora": dict(LORA)} if "lora" in parts else {}
-        spec = {
-            "variant": v,
-            "records": sft if kind == "sft" else pairs,
-            "steps": args.steps,
-            "model_path": model_path,
-            "extra": {"micro_batch_size": micro[kind], "activation_checkpointing": ac, **lora}
-            if v.startswith("selftrain")
-            else lora,
-        }
         if v.startswith("trl") and not trl_py and v not in TRL_REFERENCE:
             print(f"{v:17s} skipped: trl is not importable here (pip install trl to measure it)", flush=True)
             continue
@@ -330,8 +347,8 @@ def main() -> None:
                 flush=True,
             )
             continue
-        r = _launch(trl_py if v.startswith("trl") else sys.executable, spec, args.timeout)
-        r["tokens_per_s"] = tokens[kind] / r["step_s"]
+        spec = variant_spec(v, sft if kind == "sft" else pairs, args.steps, model_path, micro[kind], args.ac)
+        r = measure(spec, trl_py if v.startswith("trl") else sys.executable, tokens[kind], args.timeout)
         results[v] = r
         ref = f", one-off reference pass {r['ref_s']:.1f} s" if r.get("ref_s") else ""
         print(

@@ -124,6 +124,10 @@ class Sampler:
     def stats(self) -> EngineStats:
         return self.engine.stats
 
+    def reset_stats(self) -> None:
+        """Zero the counters (a benchmark measures each case from a clean slate)."""
+        self.engine.stats = EngineStats()
+
     # ---- input checks -------------------------------------------------------------------------
 
     def _encode(self, prompts: Seq[Prompt], indices: Seq[int], max_new_tokens: int,
