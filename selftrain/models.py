@@ -24,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -255,13 +256,25 @@ def refuse_damaged(path: str | os.PathLike) -> None:
         raise ModelLoadError(f"checkpoint {path} is damaged: " + "; ".join(found))
 
 
+@contextmanager
+def peft_wraps_quietly() -> Iterator[None]:
+    """PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a
+    model. After its removal (transformers 6) PEFT's getattr default applies, which only makes
+    the input embeddings' output require grad, so nothing here breaks: silenced around PEFT's
+    wrapping calls only, not project-wide."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        yield
+
+
 def merge_adapter(model: Any, adapter: str | os.PathLike) -> Any:
     """`model` with the PEFT adapter folder `adapter` merged into its weights (W + scale * B A, in
     the model's dtype: callers pass fp32, so merging adds one rounding of fp32 per weight)."""
     from peft import PeftModel
 
     try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter))
+        with peft_wraps_quietly():
+            peft_model = PeftModel.from_pretrained(model, str(adapter))
     except Exception as e:  # noqa: BLE001 - re-raised with the folder named
         raise ModelLoadError(f"cannot load the adapter {adapter}: {type(e).__name__}: {e}") from e
     return peft_model.merge_and_unload()

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tolerances import assert_as_accurate, assert_greedy_matches_hf
 
 from selftrain.config import ConfigError, parse_cli
-from selftrain.models import load_model, load_tokenizer, resolve_model_path
+from selftrain.models import load_model, load_tokenizer, peft_wraps_quietly, resolve_model_path
 from selftrain.train import TrainConfig, reference, train
 from selftrain.train.lora import DEFAULT_TARGETS, LoraConfig
 
@@ -134,7 +134,8 @@ def test_lora_sft_memorises_and_trains_only_the_adapter(sft_run):
     # the saved adapter through PEFT's own loader reproduces every memorised response (greedy)
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(_base(), str(adapter)).eval()
+    with peft_wraps_quietly():
+        peft_model = PeftModel.from_pretrained(_base(), str(adapter)).eval()
     tok = load_tokenizer(adapter)
     for r in RECS:
         ids = torch.tensor([tok(r["prompt"], add_special_tokens=False)["input_ids"]])
@@ -169,7 +170,8 @@ def test_sampler_on_the_adapter_equals_peft(sft_run):
     from selftrain.sampler import Sampler
 
     adapter = sft_run / "model"
-    peft_model = PeftModel.from_pretrained(_base(), str(adapter)).eval()
+    with peft_wraps_quietly():
+        peft_model = PeftModel.from_pretrained(_base(), str(adapter)).eval()
     sampler = Sampler(str(adapter), max_num_seqs=8, kv_cache_tokens=2048)
     tok = sampler.tokenizer
     prompts = [r["prompt"] for r in RECS] + ["Q7: add 7 and"]
@@ -305,9 +307,10 @@ def test_an_adapter_folder_is_a_model_everywhere(sft_run, tmp_path):
     assert json.loads((m2 / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
         m1.resolve()
     )
-    chained = PeftModel.from_pretrained(
-        PeftModel.from_pretrained(_base(), str(m1)).merge_and_unload(), str(m2)
-    ).merge_and_unload()
+    with peft_wraps_quietly():
+        chained = PeftModel.from_pretrained(
+            PeftModel.from_pretrained(_base(), str(m1)).merge_and_unload(), str(m2)
+        ).merge_and_unload()
     loaded = load_model(str(m2))
     want, got = chained.state_dict(), loaded.state_dict()
     for name in want:  # the same merges in the same order

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from ..models import (
     is_adapter_folder,
     load_model,
     load_tokenizer,
+    peft_wraps_quietly,
     publish_folder,
     resolve_model_path,
     save_checkpoint,
@@ -146,11 +146,7 @@ def attach_adapter(model: nn.Module, cfg: LoraConfig, base: str) -> Any:
     )
     model.name_or_path = base  # PEFT records the model's own name as the adapter's base
     try:
-        with warnings.catch_warnings():
-            # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a
-            # model; after its removal (transformers 6) PEFT's getattr default applies, which only
-            # makes the input embeddings' output require grad. Silenced here, not project-wide.
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        with peft_wraps_quietly():
             peft_model = get_peft_model(model, pcfg)
     except ValueError as e:  # PEFT: a target that names no module
         raise ValueError(f"lora.target_modules={cfg.target_modules}: {e}") from None
