@@ -178,11 +178,14 @@ class PairedTest:
             if discordant == 0 or not self.n:
                 return 0.0, 0.0
             # Clopper-Pearson interval of the gained share among the discordant questions (the
-            # interval that inverts the exact binomial test), as a difference in accuracy at the
-            # observed discordance: delta = discordance x (2 share - 1).
-            ci = stats.binomtest(int(self.gained or 0), discordant).proportion_ci(confidence, method="exact")
+            # interval that inverts the exact binomial test; its beta-quantile form, which
+            # binomtest(...).proportion_ci(method="exact") finds by root search), as a difference in
+            # accuracy at the observed discordance: delta = discordance x (2 share - 1).
+            g, tail = int(self.gained or 0), (1 - confidence) / 2
+            low = float(stats.beta.ppf(tail, g, discordant - g + 1)) if g > 0 else 0.0
+            high = float(stats.beta.ppf(1 - tail, g + 1, discordant - g)) if g < discordant else 1.0
             share = discordant / self.n
-            return share * (2 * float(ci.low) - 1), share * (2 * float(ci.high) - 1)
+            return share * (2 * low - 1), share * (2 * high - 1)
         if self.se is None or self.df is None:
             return None
         if self.se == 0:
@@ -196,7 +199,8 @@ def mcnemar_exact(gained: int, lost: int) -> float:
     n = int(gained) + int(lost)
     if n == 0:
         return 1.0
-    return float(stats.binomtest(int(gained), n, 0.5).pvalue)
+    # = binomtest(gained, n, 1/2).pvalue (symmetric null: twice the smaller tail), without its overhead
+    return float(min(1.0, 2 * stats.binom.cdf(min(int(gained), int(lost)), n, 0.5)))
 
 
 def _t_p_value(delta: float, se: float, df: float) -> float:
@@ -250,7 +254,10 @@ def replicate_test(pairs: Sequence[tuple[Statistic, Statistic]]) -> PairedTest:
     squared jackknife SE of the replicate-averaged difference over questions (the questions are
     shared by the replicates, so their sampling error does not average out over replicates). The
     within-replicate noise is counted in both terms, which makes the test conservative, never
-    liberal. Degrees of freedom: Welch-Satterthwaite from K - 1 and (questions - 1)."""
+    liberal. Degrees of freedom: K - 1, the fewest any part of the variance rests on (a
+    Welch-Satterthwaite df is liberal at K = 2: when the two replicates happen to agree, it trusts
+    the small between-replicate variance with many degrees of freedom; simulated in
+    tests/test_report_error_rates.py)."""
     k = len(pairs)
     if k < 2:
         raise ValueError("replicate_test needs at least 2 replicates (one replicate: paired_t)")
@@ -270,7 +277,7 @@ def replicate_test(pairs: Sequence[tuple[Statistic, Statistic]]) -> PairedTest:
     var = between + within
     if var == 0:
         return PairedTest(va, vb, vb - va, _t_p_value(vb - va, 0.0, 1), REPLICATE_T, se=0.0, df=1.0)
-    df = var * var / (between * between / (k - 1) + within * within / (support - 1))
+    df = float(k - 1)
     se = math.sqrt(var)
     return PairedTest(va, vb, vb - va, _t_p_value(vb - va, se, df), REPLICATE_T, se=se, df=df)
 

@@ -38,11 +38,11 @@ from .verdicts import (
     PowerLine,
     apply_error_control,
     compare_models,
-    compare_replicates,
     direction,
     eval_dir_of,
     improvement_set_metrics,
     is_unavailable,
+    judge_run,
     load_model_data,
     model_intervals,
     power_lines,
@@ -181,18 +181,7 @@ def analyse_run(run: RunRecord) -> RunAnalysis:
     b = baseline_of(run)
     keys = sorted({k for m in models.values() for k in m.metrics} | set(run.metric_keys()), key=_key_order)
     later = [t for t in run.iterations if t > b]
-    def compare(s: int, t: int) -> Comparison:
-        if final is not None and (s, t) == (b, later[-1]):
-            return final  # M_T vs M1 is also a step when T = 2: one test, shown twice
-        pairs = [(m[s], m[t]) for m in rep_models if s in m and t in m]
-        return compare_replicates(pairs, keys)
-
-    final: Comparison | None = None
-    final = compare(b, later[-1]) if b in models and later else None
-    done = run.iterations
-    steps = [compare(s, t) for s, t in zip(done, done[1:])]
-    headline = [final] if final is not None else []
-    control = apply_error_control(headline + steps, headline, primary, alpha)
+    final, steps, control = judge_run(rep_models, run.iterations, b, keys, primary, alpha)
     churn = []
     for t in later:
         base, model = models[b], models[t]

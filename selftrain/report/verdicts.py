@@ -497,6 +497,33 @@ def apply_error_control(
     )
 
 
+def judge_run(
+    rep_models: Sequence[dict[int, ModelData]],
+    iterations: Sequence[int],
+    baseline: int,
+    keys: Sequence[str],
+    primary: Sequence[str],
+    alpha: float,
+) -> tuple[Comparison | None, list[Comparison], ErrorControl]:
+    """Every comparison a run's report shows, under one error control: M_T vs the baseline (the
+    headline) and every step M_t vs M_{t-1}, pooled over the replicates (`rep_models`: one
+    {iteration: model} per replicate, replicate 0 first)."""
+    models = rep_models[0]
+    later = [t for t in iterations if t > baseline]
+    final: Comparison | None = None
+
+    def compare(s: int, t: int) -> Comparison:
+        if final is not None and (s, t) == (baseline, later[-1]):
+            return final  # M_T vs M1 is also a step when T = 2: one test, shown twice
+        pairs = [(m[s], m[t]) for m in rep_models if s in m and t in m]
+        return compare_replicates(pairs, keys)
+
+    final = compare(baseline, later[-1]) if baseline in models and later else None
+    steps = [compare(s, t) for s, t in zip(iterations, iterations[1:])]
+    headline = [final] if final is not None else []
+    return final, steps, apply_error_control(headline + steps, headline, primary, alpha)
+
+
 @dataclass
 class PowerLine:
     metric: str
