@@ -139,7 +139,8 @@ def test_the_printed_smallest_change_is_detected_about_80_percent_of_the_time():
     rate_p, rate_c = hits_p / sims, hits_c / sims
     _report(f"detection of pass@1 +{delta_p:.3f} (exact McNemar at level {level:.4f})", rate_p, sims)
     _report(f"detection of coverage +{delta_c:.3f} (paired t at level {level:.4f})", rate_c, sims)
-    print(f"[report simulation] mean printed MDE over 100 runs: pass@1 {np.mean(printed_p):.4f} (simulated {delta_p:.4f}), "
+    print(f"[report simulation] mean printed MDE over 100 runs: pass@1 {np.mean(printed_p):.4f} "
+          f"(simulated {delta_p:.4f}), "
           f"coverage {np.mean(printed_c):.4f} (simulated {delta_c:.4f})")
     assert 0.75 <= rate_p <= 0.85 and 0.75 <= rate_c <= 0.85
     # what the report prints on such data is the change simulated (within 5%)
