@@ -18,7 +18,7 @@ from selftrain.loop.config import DataSection, EvalSection, LoopConfig, WandbSec
 from selftrain.loop.engine import ConfigMismatchError, run_loop
 from selftrain.train import TrainConfig, TrainResult
 
-# 12 test questions: a bootstrap verdict needs at least 10 (stats.MIN_BOOTSTRAP_QUESTIONS)
+# 12 test questions: a t-test verdict over questions needs at least 10 (stats.MIN_QUESTIONS)
 ARITH = {"train_size": 12, "test_size": 12, "ood_size_per_level": 2}
 
 
