@@ -387,3 +387,31 @@ def test_a_metric_that_few_questions_define_gets_no_bootstrap_verdict(tmp_path):
     assert "only 2 question(s) define it on one side, fewer than 10" in report
     assert by["diversity/incorrect/distinct_n"]["verdict"] != "undefined"
     assert by["pass@1"]["verdict"] != "undefined"
+
+
+def test_replicates_are_tested_and_powered_by_the_two_level_t(tmp_path):
+    """K = 2 replicates: every metric (0/1 ones too) gets the two-level t-test, and the power line
+    is that test's, at the level the metric faces, with no question count (the seed part does not
+    shrink with more questions)."""
+    from selftrain.report.verdicts import (
+        apply_error_control,
+        compare_replicates,
+        load_model_data,
+        power_lines,
+    )
+
+    q, rng = 60, np.random.default_rng(12)
+    p = rng.beta(0.7, 0.9, q)
+    reps = [synthetic_run(tmp_path / f"r{k}", [p] * 2, [p] * 2, q, seed=20 + k) for k in range(2)]
+    models = [[load_model_data(r / f"iter_{t}" / "eval", f"M{t}") for t in range(2)] for r in reps]
+    c = compare_replicates([(m[0], m[1]) for m in models], sorted(models[0][0].metrics))
+    control = apply_error_control([c], [c], ("pass@1", "coverage"), 0.05)
+    assert control.n_primary == 2 and control.level_primary == pytest.approx(0.025 / 2)
+    assert {r["test"] for r in c.rows if r["test"]} == {stats.REPLICATE_T}
+    levels = {r["metric"]: r["level"] for r in c.rows if r["level"] is not None}
+    lines = {x.metric: x for x in power_lines(c, models[0][0], q, 0.05, levels)}
+    for key in ("pass@1", "coverage"):
+        res = c.tests[key]
+        assert lines[key].test == stats.REPLICATE_T and lines[key].n_needed is None
+        assert lines[key].mde == pytest.approx(stats.t_mde(res.se, res.df, levels[key]))
+        assert stats.t_power(res.se, res.df, lines[key].mde, levels[key]) == pytest.approx(0.8, abs=1e-6)
