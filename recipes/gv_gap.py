@@ -385,7 +385,7 @@ def write_outputs(cfg: GVGapConfig, out: Path, report: dict[str, Any], generatio
         for s in specs:
             for key in ("gap", "relative_gap", "filtered_accuracy", "kept_fraction"):
                 metrics[f"{prefix}/{s.label()}/{key}"] = r["results"][s.text][key]
-            for key in ("gap", "relative_gap"):  # the question-bootstrap interval beside the value
+            for key in ("gap", "relative_gap"):  # the t interval over prompts beside the value
                 ci = r["results"][s.text].get(f"{key}_ci")
                 if ci:
                     metrics[f"{prefix}/{s.label()}/{key}/ci_low"] = ci[0]

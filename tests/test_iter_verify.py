@@ -187,7 +187,7 @@ def test_round_metrics_by_hand():
     assert m["kept_correct_fraction"] == pytest.approx(2 / 3)
     assert m["pass@k/1"] == pytest.approx(m["accuracy"])
     assert m["pass@k/4"] == pytest.approx(2 / 3)
-    # every per-prompt gap is 0, so every resample's mean is 0: a degenerate interval at 0
+    # every per-prompt gap is 0, so the spread over prompts is 0: a degenerate interval at 0
     assert (m["gap/ci_low"], m["gap/ci_high"]) == (0.0, 0.0)
     assert (m["relative_gap/ci_low"], m["relative_gap/ci_high"]) == (0.0, 0.0)
 
@@ -345,7 +345,7 @@ def test_changed_settings_on_resume_are_refused(fakes, tmp_path):
     rows = rows_of(out)
     assert [r["iteration"] for r in rows] == [0, 1, 1, 2]  # f_1's row again, now with its update
     assert "train/skipped" not in rows[1] and rows[2]["train/skipped"] == 0
-    # gap and relative gap with their bootstrap interval over prompts (every prompt alike here: degenerate)
+    # gap and relative gap with their t interval over prompts (every prompt alike here: degenerate)
     row = ("| 1 | 50.00 | 66.67 | +16.67 [+16.7, +16.7] | +33.33 [+33.3, +33.3] | 75.00 | 66.67 | 0.00 | 9 | "
            "sft, 9 steps |")
     assert row in (

@@ -179,7 +179,7 @@ def test_two_process_run_writes_every_metric_plot_and_log(reference_run):
     assert runs and any(list(r.glob("*.wandb")) for r in runs), list((out / "wandb").iterdir())
     report = (out / "report.md").read_text()
     assert "| metric | M0 | M1 | M2 |" in report and "## Progress or regress since M1" in report
-    assert "- `pass@1`: **" in report and "correct-answer coverage" in report
+    assert "- `pass@1` (primary): **" in report and "correct-answer coverage" in report
 
 
 def test_one_process_evaluation_matches_the_two_process_run(reference_run, tmp_path):

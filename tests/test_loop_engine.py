@@ -18,7 +18,7 @@ from selftrain.loop.config import DataSection, EvalSection, LoopConfig, WandbSec
 from selftrain.loop.engine import ConfigMismatchError, run_loop
 from selftrain.train import TrainConfig, TrainResult
 
-# 12 test questions: a bootstrap verdict needs at least 10 (stats.MIN_BOOTSTRAP_QUESTIONS)
+# 12 test questions: a t-test verdict over questions needs at least 10 (stats.MIN_QUESTIONS)
 ARITH = {"train_size": 12, "test_size": 12, "ood_size_per_level": 2}
 
 
@@ -286,6 +286,7 @@ def test_replicates_resume_and_pool(fakes, no_plots, tmp_path):
     c0, c1 = rows_of(out)[3]["coverage"], expected[3]["coverage"]
     assert head["value"] == pytest.approx((c0 + c1) / 2)
     assert head["ci_low"] <= head["delta"] <= head["ci_high"]
+    assert head["test"] == "two-level t" and head["family"] == "primary"
 
 
 def test_evaluate_recipe_reports_paired_verdicts_and_logs_intervals(fakes, no_plots, tmp_path):

@@ -98,8 +98,8 @@ def test_report_without_per_question_data_lists_every_metric_and_says_why_verdic
     for key in ROWS[3]:
         if key not in ("iteration", "step", "step_kind"):
             assert f"| `{key}` |" in text, key
-    assert "- `pass@1`: **undefined** (no per-question data:" in text
-    assert "`data/records`: **" not in text  # bookkeeping gets no verdict
+    assert "- `pass@1` (primary): **undefined** (no per-question data:" in text
+    assert "- `data/records`" not in text and "`data/records` (" not in text  # bookkeeping gets no verdict
     assert "M1's correct-answer coverage is 0.600 > 0.5" in text
     assert "M1 reaches 0.7500 on the 3 questions of IS(3)" in text
     assert "## Unavailable" in text and "details.json does not exist" in text
@@ -210,7 +210,7 @@ def test_verdicts_json_schema_churn_and_step_table(tmp_path):
     report = write_run_report(folder, plots=True).read_text()
     rows = _verdicts(folder)
     keys = {"metric", "baseline", "model", "baseline_value", "value", "delta", "ci_low", "ci_high", "p_value",
-            "p_adjusted", "verdict"}
+            "p_adjusted", "family", "level", "test", "verdict"}
     assert rows and all(set(r) == keys for r in rows)
     assert {r["verdict"] for r in rows} <= {"progressed", "regressed", "no detectable change", "undefined"}
     # M3 vs M1, then every step M_t vs M_{t-1} (M2 vs M1 is a step, M3 vs M1 the headline)
@@ -220,9 +220,21 @@ def test_verdicts_json_schema_churn_and_step_table(tmp_path):
     assert head["baseline_value"] == 0.25 and head["value"] == 0.3 and head["delta"] == pytest.approx(0.05)
     assert head["p_value"] == pytest.approx(stats.mcnemar_exact(12, 10))
     assert head["ci_low"] < 0 < head["ci_high"] and head["verdict"] == "no detectable change"
+    assert head["family"] == "primary" and head["test"] == "exact McNemar"
+    # one alpha for the whole report: primary tests of the headline share alpha / 2, the rest the other half
+    primary = [r for r in rows if r["family"] == "primary"]
+    assert {(r["baseline"], r["model"]) for r in primary} == {("M1", "M3")}
+    assert {r["metric"] for r in primary} == {"pass@1", "coverage", "ood/accuracy"}
+    tested = [r for r in rows if r["level"] is not None]
+    assert sum(r["level"] for r in tested) == pytest.approx(0.05)
+    assert sum(r["level"] for r in primary) == pytest.approx(0.025)
+    assert not any(r["metric"] == "pass@k/1" for r in rows)  # the same number as coverage
     for r in rows:
         if r["verdict"] != "undefined":
-            assert r["p_adjusted"] >= r["p_value"] and r["ci_low"] <= r["delta"] <= r["ci_high"]
+            assert r["p_adjusted"] >= r["p_value"]
+            assert r["ci_low"] - 1e-12 <= r["delta"] <= r["ci_high"] + 1e-12
+            # the interval beside a verdict is at the verdict's level: it excludes 0 iff a change is read
+            assert (r["ci_low"] > 0 or r["ci_high"] < 0) == (r["verdict"] in ("progressed", "regressed"))
     # churn: the McNemar counts, per iteration, against M1
     assert "| M2 | 5 | 2 | +3 |" in report and "| M3 | 12 | 10 | +2 |" in report
     assert "M3 solves 12 questions M1 fails and fails 10 that M1 solves (net +2)" in report
@@ -274,7 +286,10 @@ def test_a_run_folder_from_before_per_question_levels_is_reported(tmp_path):
     assert "- `pass@1/level_*`: details.json predates per-question levels" in text
     assert "semantic diversity needs the sentence encoder" in text
     by = {r["metric"]: r for r in _verdicts(folder) if r["model"] == "M2" and r["baseline"] == "M1"}
-    assert by["pass@1"]["verdict"] != "undefined" and by["ood/accuracy"]["verdict"] != "undefined"
+    assert by["pass@1"]["verdict"] != "undefined"
+    # no OOD ids in such a folder: the OOD questions are not paired by position
+    assert by["ood/accuracy"]["verdict"] == "undefined"
+    assert "details.json has no OOD question ids: the OOD questions cannot be paired" in text
     # distinct-n recomputed from samples.jsonl (every question: the same four answers)
     assert by["diversity/correct/distinct_n"]["delta"] == 0.0
     assert "greedy/truncated" in by  # from greedy.jsonl's finish reasons
@@ -321,6 +336,14 @@ def test_stats_config_errors_name_the_key():
     with pytest.raises(ValueError, match="replicates=0"):
         parse_cli(LoopConfig, ["replicates=0"])
     assert parse_cli(LoopConfig, ["stats.alpha=0.1"]).stats.alpha == 0.1
+    assert parse_cli(LoopConfig, []).stats.primary_metrics == ["pass@1", "coverage", "ood/accuracy"]
+    assert parse_cli(LoopConfig, ["stats.primary_metrics=[pass@1]"]).stats.primary_metrics == ["pass@1"]
+    for word in ("stats.primary_metrics=[pass@k/1]", "stats.primary_metrics=[data/records]",
+                 "stats.primary_metrics=[]"):
+        with pytest.raises(ValueError, match=r"stats\.primary_metrics"):
+            parse_cli(LoopConfig, [word])
+    with pytest.raises(ValueError, match="resamples"):  # the bootstrap is gone: an unknown key
+        parse_cli(LoopConfig, ["stats.resamples=2000"])
 
 
 def test_a_bad_alpha_in_an_existing_config_json_is_named(tmp_path):
@@ -336,10 +359,12 @@ def test_power_when_even_the_largest_possible_change_is_underpowered():
     from selftrain.report.verdicts import ModelData, power_lines
 
     base = ModelData("M1", greedy=np.array([1.0] * 4 + [0.0] * 36))
-    (line,) = power_lines(None, base, 40, 0.05, 0.05)  # no comparison yet: 2 p (1 - p) at p = 0.1
+    level = 0.05 / 6  # pass@1's level in a default report: a third of the primary family's alpha / 2
+    (line,) = power_lines(None, base, 40, 0.05, {"pass@1": level})  # no comparison: 2 p (1 - p) at p = 0.1
     assert line.mde is None and line.ceiling == pytest.approx(0.18) and line.n_needed > 40
-    (line,) = power_lines(None, base, 400, 0.05, 0.05)
-    assert stats.paired_binary_power(400, 0.18, line.mde) == pytest.approx(0.8, abs=1e-6)
+    assert line.level == level and line.test == "exact McNemar"
+    (line,) = power_lines(None, base, 400, 0.05, {"pass@1": level})
+    assert stats.mcnemar_power(400, 0.18, line.mde, level) == pytest.approx(0.8, abs=1e-4)
 
 
 def test_a_metric_that_few_questions_define_gets_no_bootstrap_verdict(tmp_path):
@@ -362,3 +387,31 @@ def test_a_metric_that_few_questions_define_gets_no_bootstrap_verdict(tmp_path):
     assert "only 2 question(s) define it on one side, fewer than 10" in report
     assert by["diversity/incorrect/distinct_n"]["verdict"] != "undefined"
     assert by["pass@1"]["verdict"] != "undefined"
+
+
+def test_replicates_are_tested_and_powered_by_the_two_level_t(tmp_path):
+    """K = 2 replicates: every metric (0/1 ones too) gets the two-level t-test, and the power line
+    is that test's, at the level the metric faces, with no question count (the seed part does not
+    shrink with more questions)."""
+    from selftrain.report.verdicts import (
+        apply_error_control,
+        compare_replicates,
+        load_model_data,
+        power_lines,
+    )
+
+    q, rng = 60, np.random.default_rng(12)
+    p = rng.beta(0.7, 0.9, q)
+    reps = [synthetic_run(tmp_path / f"r{k}", [p] * 2, [p] * 2, q, seed=20 + k) for k in range(2)]
+    models = [[load_model_data(r / f"iter_{t}" / "eval", f"M{t}") for t in range(2)] for r in reps]
+    c = compare_replicates([(m[0], m[1]) for m in models], sorted(models[0][0].metrics))
+    control = apply_error_control([c], [c], ("pass@1", "coverage"), 0.05)
+    assert control.n_primary == 2 and control.level_primary == pytest.approx(0.025 / 2)
+    assert {r["test"] for r in c.rows if r["test"]} == {stats.REPLICATE_T}
+    levels = {r["metric"]: r["level"] for r in c.rows if r["level"] is not None}
+    lines = {x.metric: x for x in power_lines(c, models[0][0], q, 0.05, levels)}
+    for key in ("pass@1", "coverage"):
+        res = c.tests[key]
+        assert lines[key].test == stats.REPLICATE_T and lines[key].n_needed is None
+        assert lines[key].mde == pytest.approx(stats.t_mde(res.se, res.df, levels[key]))
+        assert stats.t_power(res.se, res.df, lines[key].mde, levels[key]) == pytest.approx(0.8, abs=1e-6)

@@ -81,14 +81,18 @@ class SamplerSection:
 class StatsSection:
     """How the report judges progress or regress (docs/metrics.md, "Intervals and verdicts")."""
 
-    alpha: float = 0.05  # verdict level (Holm-adjusted); intervals are at 1 - alpha
+    alpha: float = 0.05  # for the whole report: P(any false progressed / regressed) <= alpha
     power_effect: float = 0.05  # the change (5 points) the report says how many questions would detect
-    resamples: int = 2000  # question-bootstrap resamples
+    # The primary family: these metrics of the headline comparison (M_T vs M1) share alpha / 2; every
+    # other test of the report (secondary metrics, steps) shares the other half.
+    primary_metrics: list[str] = field(default_factory=lambda: ["pass@1", "coverage", "ood/accuracy"])
 
     def __post_init__(self) -> None:
         from ..metrics.stats import check_stats
+        from ..report.verdicts import check_primary
 
-        check_stats(self.alpha, self.power_effect, self.resamples, "config")
+        check_stats(self.alpha, self.power_effect, self.primary_metrics, "config")
+        check_primary(self.primary_metrics, "config")
 
 
 @dataclass

@@ -113,7 +113,7 @@ def sample_metrics_per_question(
     equations: bool = True,
 ) -> tuple[dict[str, Any], dict[str, list[float | None]]]:
     """`sample_metrics` and, per diversity key, its per-question values (None = question skipped),
-    which details.json keeps for the report's question bootstrap."""
+    which details.json keeps for the report's tests over questions."""
     binary = [[1 if is_correct(r) else 0 for r in row] for row in sample_rewards]
     n = min(len(row) for row in binary)
     metrics: dict[str, Any] = {"coverage": coverage(binary)}

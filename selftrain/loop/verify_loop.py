@@ -294,8 +294,8 @@ def round_metrics(
     }
     from ..metrics.stats import gap_intervals
 
-    # 95% question-bootstrap intervals over prompts (the report and W&B show them beside the values)
-    cis = gap_intervals(gap["per_question_gap"], gap["per_question_accuracy"], seed=0)
+    # 95% t intervals over prompts (the report and W&B show them beside the values)
+    cis = gap_intervals(gap["per_question_gap"], gap["per_question_accuracy"])
     for key, ci in cis.items():
         if ci is not None:
             row[f"{key}/ci_low"], row[f"{key}/ci_high"] = ci
@@ -713,7 +713,7 @@ def _pct(value: Any, signed: bool = False) -> str:
 
 
 def _pct_ci(row: dict[str, Any], key: str) -> str:
-    """A signed % value with its bootstrap interval when the row has one: `+12.50 [+3.1, +20.0]`."""
+    """A signed % value with its t interval over prompts when the row has one: `+12.50 [+3.1, +20.0]`."""
     low, high = row.get(f"{key}/ci_low"), row.get(f"{key}/ci_high")
     ci = f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None and high is not None else ""
     return _pct(row.get(key), True) + ci
@@ -737,7 +737,7 @@ def render_report(cfg: IterVerifyConfig, rows: Sequence[dict[str, Any]], png: Pa
         "for measurement only), J(f_t[w]) = accuracy of the kept samples, gap = J(f_t[w]) - J(f_t). "
         "The last three columns split J(f_t) - J(f_{t-1}) into gap(f_{t-1}) + update error "
         "(update error = J(f_t) - J(f_{t-1}[w])). All in %; the gap and relative gap carry their 95% "
-        "bootstrap interval over prompts [low, high].",
+        "t interval over prompts [low, high].",
         "",
         "## Per round",
         "",
@@ -807,7 +807,7 @@ def plot_rounds(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         line(axes[1], ts, [r[key] for r in rows], label=label)
         band = [(t, r[f"{key}/ci_low"], r[f"{key}/ci_high"])
                 for t, r in zip(ts, rows) if f"{key}/ci_low" in r]
-        if band:  # the 95% bootstrap interval over prompts
+        if band:  # the 95% t interval over prompts
             color = axes[1].get_lines()[-1].get_color()
             axes[1].fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
                                  color=color, alpha=0.15, linewidth=0)

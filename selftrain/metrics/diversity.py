@@ -269,7 +269,7 @@ def diversity_report(
       n_questions_equations  questions contributing to `equations`
       n_samples         samples in the group over all questions
       per_question      {measure: one value per question, None where the question is skipped}: what
-                        the report's question bootstrap resamples (docs/metrics.md, "Intervals")
+                        the report's t-tests over questions use (docs/metrics.md, "Intervals")
     Semantic embeddings are computed in one encoder call over every qualifying text.
     """
     require_same_length(

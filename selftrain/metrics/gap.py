@@ -139,7 +139,7 @@ def generation_verification_gap(
         "n_saturated": n_saturated,
         "n_relative": len(relative),
         "per_question_gap": per_question_gap,
-        "per_question_accuracy": acc_all,  # with the gaps: the question bootstrap of both gaps
+        "per_question_accuracy": acc_all,  # with the gaps: the t intervals over prompts of both gaps
     }
 
 

@@ -1,37 +1,46 @@
-"""Intervals, paired tests, multiplicity and power: the statistics behind every verdict.
+"""Intervals, paired tests, error control and power: the statistics behind every verdict.
 
 Questions are a sample from a larger population of questions, so every interval and every test
 treats the *question* as the unit (Miller 2024, "Adding Error Bars to Evals"): a question's several
-samples are summarised per question first (its correct count, its pass@k, its diversity value) and
-the bootstrap resamples whole questions. Two models evaluated on the same questions are compared
-with paired statistics on the per-question differences.
+samples are summarised per question first (its correct count, its pass@k, its diversity value), and
+two models evaluated on the same questions are compared through per-question differences.
 
-What comes from scipy: the Wilson interval (`binomtest(...).proportion_ci(method="wilson")`), the
-exact McNemar test (`binomtest` on the discordant questions) and the normal quantiles of the power
-formulas. The question bootstrap is numpy: one seeded matrix of resample counts per question set is
-shared by every metric and every model of a report, and a statistic over a resample is a function
-of column sums, so the whole report is a few matrix products (scipy.stats.bootstrap resamples each
-statistic separately, which for ~200 statistics of a 5,000-question run is minutes, not seconds;
-the tests check our percentile intervals against scipy.stats.bootstrap on the same data).
-Holm's adjustment is not in scipy (its `false_discovery_control` is Benjamini-Hochberg/Yekutieli).
+The tests and intervals (docs/metrics.md, "Intervals and verdicts"):
+
+- a proportion of one model: the Wilson interval (`scipy.stats.binomtest(...).proportion_ci`);
+- two models' 0/1 outcomes on the same questions: the exact McNemar test (`binomtest` on the
+  discordant questions) and the exact interval that inverts it;
+- any other statistic: a t-test on the jackknife (leave-one-question-out) values of the paired
+  difference, with (questions that define it - 1) degrees of freedom. For a plain mean over the
+  questions this *is* the paired t-test (`scipy.stats.ttest_rel`; tested), which keeps its level at
+  10-30 questions where the percentile bootstrap does not; for a mean over a subset of questions or
+  a ratio of level accuracies the jackknife is its delta-method extension;
+- K replicate runs: a two-level t-test whose variance adds the between-replicate spread of the
+  replicates' differences to the question-level spread (`replicate_test`).
+
+Power is computed for the test that is actually applied, at the level it is actually applied at:
+exactly for McNemar (a sum over the binomial distributions of the discordant and the gained
+questions), and from the noncentral t distribution for the t-tests.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 from scipy import optimize, stats
 
-DEFAULT_RESAMPLES = 2000
 POWER = 0.8  # the power every "smallest detectable change" is stated at
-# A bootstrap over fewer questions than this says little about the population of questions (a mean
-# over 2 questions resamples to a handful of values, and its percentile interval is far too narrow):
-# a paired bootstrap verdict on a metric that so few questions define is undefined.
-MIN_BOOTSTRAP_QUESTIONS = 10
+# A t-test on fewer questions than this says little about the population of questions (a mean over
+# 2 questions has 1 degree of freedom): a paired verdict on a metric that so few questions define is
+# undefined. Simulated false-change rates at 10, 15 and 30 questions: tests/test_report_error_rates.py.
+MIN_QUESTIONS = 10
+
+MCNEMAR = "exact McNemar"
+PAIRED_T = "paired t"
+REPLICATE_T = "two-level t"
 
 
 # ------------------------------------------------------------------ single proportions
@@ -45,52 +54,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return float(ci.low), float(ci.high)
 
 
-# ------------------------------------------------------------------ paired binary outcomes
-
-
-def mcnemar_exact(gained: int, lost: int) -> float:
-    """Exact two-sided McNemar p-value: under H0 each discordant question is gained or lost with
-    probability 1/2, so `gained` ~ Binomial(gained + lost, 1/2). No discordant question: p = 1."""
-    n = int(gained) + int(lost)
-    if n == 0:
-        return 1.0
-    return float(stats.binomtest(int(gained), n, 0.5).pvalue)
-
-
-def holm(p_values: Sequence[float | None]) -> list[float | None]:
-    """Holm's step-down adjustment (family-wise error <= alpha); None entries stay None and are not
-    counted in the family."""
-    idx = [i for i, p in enumerate(p_values) if p is not None]
-    m = len(idx)
-    out: list[float | None] = [None] * len(p_values)
-    running = 0.0
-    for rank, i in enumerate(sorted(idx, key=lambda j: p_values[j])):  # type: ignore[arg-type, return-value]
-        running = max(running, min(1.0, (m - rank) * float(p_values[i])))  # type: ignore[arg-type]
-        out[i] = running
-    return out
-
-
-# ------------------------------------------------------------------ question bootstrap
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed from names (not Python's salted hash), so a regenerated report is identical."""
-    return zlib.crc32("/".join(map(str, parts)).encode())
-
-
-def resample_counts(n_questions: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
-    """(n_resamples, n_questions) counts: how often each question is drawn in each bootstrap resample
-    (questions drawn with replacement, n_questions per resample)."""
-    if n_questions < 1:
-        raise ValueError(f"n_questions={n_questions}: a bootstrap needs at least one question")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_questions, size=(n_resamples, n_questions))
-    draws += np.arange(n_resamples)[:, None] * n_questions  # row r's questions -> bins of row r
-    return (
-        np.bincount(draws.ravel(), minlength=n_resamples * n_questions)
-        .reshape(n_resamples, n_questions)
-        .astype(np.float64)
-    )
+# ------------------------------------------------------------------ statistics over questions
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,30 +62,26 @@ class Statistic:
     """A per-question-set statistic written as a function of column sums.
 
     `columns` (n_questions, m) holds per-question values; the statistic is `combine(sums)` with
-    `sums` the m column sums over the questions (over a resample: the count-weighted sums), NaN
-    where it is undefined. Means, means over the questions where a value is defined, and ratios of
-    level accuracies (the group disparity) all take this form.
+    `sums` (rows, m) column sums over the questions, NaN where it is undefined. Means, means over
+    the questions where a value is defined, and ratios of level accuracies (the group disparity) all
+    take this form, and so does every leave-one-question-out value (the sums minus one row).
     """
 
     columns: np.ndarray
     combine: Callable[[np.ndarray], np.ndarray]
     support: int | None = None  # how many questions the value rests on (the fewest, for a ratio)
-    # counts matrix id -> resampled values: a report resamples one statistic for its interval and
-    # again in every comparison it enters; the product with 2,000 x 5,000 counts is the slow part.
-    _memo: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def value(self) -> float | None:
         out = float(self.combine(self.columns.sum(axis=0)[None, :])[0])
         return out if math.isfinite(out) else None
 
-    def resampled(self, counts: np.ndarray) -> np.ndarray:
-        """The statistic on every resample of `counts` (NaN where undefined)."""
-        hit = self._memo.get(id(counts))
-        if hit is not None and hit[0] is counts:  # the memo keeps `counts` alive, so ids cannot recur
-            return hit[1]
-        out = self.combine(counts @ self.columns)
-        self._memo[id(counts)] = (counts, out)
-        return out
+    def leave_one_out(self) -> np.ndarray:
+        """(n_questions,) the statistic without question i (NaN where that is undefined)."""
+        return self.combine(self.columns.sum(axis=0)[None, :] - self.columns)
+
+    @property
+    def n_questions(self) -> int:
+        return int(self.columns.shape[0])
 
 
 def _ratio(sums: np.ndarray) -> np.ndarray:
@@ -144,7 +104,7 @@ def disparity_statistic(
     correct: Sequence[float], levels: Sequence[object], low: object, high: object
 ) -> Statistic:
     """(acc(low) - acc(high)) / acc(low), paper A's group disparity; NaN when acc(low) = 0 or a level
-    has no question (in the data or in a resample)."""
+    has no question."""
     c = np.asarray(correct, dtype=np.float64)
     lo = np.array([lv == low for lv in levels], dtype=np.float64)
     hi = np.array([lv == high for lv in levels], dtype=np.float64)
@@ -160,194 +120,312 @@ def disparity_statistic(
     return Statistic(np.stack([c * lo, lo, c * hi, hi], axis=1), combine, support=support)
 
 
-def percentile_interval(resampled: np.ndarray, confidence: float = 0.95) -> tuple[float, float] | None:
-    """Percentile interval over the resamples where the statistic is defined; None when fewer than
-    half are (the statistic is then too often undefined for an interval to mean anything)."""
-    finite = resampled[np.isfinite(resampled)]
-    if finite.size == 0 or finite.size < resampled.size / 2:
+def jackknife_se(leave_one_out: np.ndarray) -> float | None:
+    """Jackknife standard error from the leave-one-out values (None when one is undefined). For a
+    plain mean it is s / sqrt(n), the standard error of the t-test."""
+    n = leave_one_out.size
+    if n < 2 or not np.all(np.isfinite(leave_one_out)):
         return None
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(finite, [tail, 1 - tail])
-    return float(low), float(high)
+    dev = leave_one_out - leave_one_out.mean()
+    return float(math.sqrt((n - 1) / n * float(dev @ dev)))
 
 
-def bootstrap_interval(
-    stat: Statistic, counts: np.ndarray, confidence: float = 0.95
-) -> tuple[float, float] | None:
-    """Question-bootstrap percentile interval of one statistic."""
-    return percentile_interval(stat.resampled(counts), confidence)
+def _t_interval(centre: float, se: float, df: float, confidence: float) -> tuple[float, float]:
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return centre - half, centre + half
+
+
+def statistic_interval(stat: Statistic, confidence: float = 0.95) -> tuple[float, float] | None:
+    """t interval of one statistic over questions: value +- t(support - 1) x jackknife SE (for a
+    plain mean: the one-sample t interval). None with fewer than 2 supporting questions."""
+    value = stat.value()
+    support = stat.support if stat.support is not None else stat.n_questions
+    if value is None or support < 2:
+        return None
+    se = jackknife_se(stat.leave_one_out())
+    if se is None:
+        return None
+    return _t_interval(value, se, support - 1, confidence)
+
+
+# ------------------------------------------------------------------ paired tests
 
 
 @dataclass(frozen=True)
-class PairedResult:
-    """Model b minus model a on the same questions."""
+class PairedTest:
+    """Model b minus model a on the same questions, with the test applied to the difference.
+
+    `interval(confidence)` is the interval that inverts the test: it excludes 0 exactly when the
+    test's p-value is below 1 - confidence, so a verdict and the interval printed beside it (at the
+    verdict's level) always agree."""
 
     value_a: float | None
     value_b: float | None
     delta: float | None
-    ci: tuple[float, float] | None
     p_value: float | None
-    gained: int | None = None  # binary metrics: questions b solves and a does not
+    method: str
+    gained: int | None = None  # McNemar: questions b solves and a does not
     lost: int | None = None  # ... and the other way round
+    n: int | None = None  # questions paired (McNemar: within the metric's members)
+    se: float | None = None  # t-tests: standard error of the difference
+    df: float | None = None  # ... and its degrees of freedom
+
+    def interval(self, confidence: float) -> tuple[float, float] | None:
+        if self.delta is None or self.p_value is None:
+            return None
+        if self.method == MCNEMAR:
+            discordant = (self.gained or 0) + (self.lost or 0)
+            if discordant == 0 or not self.n:
+                return 0.0, 0.0
+            # Clopper-Pearson interval of the gained share among the discordant questions (the
+            # interval that inverts the exact binomial test; its beta-quantile form, which
+            # binomtest(...).proportion_ci(method="exact") finds by root search), as a difference in
+            # accuracy at the observed discordance: delta = discordance x (2 share - 1).
+            g, tail = int(self.gained or 0), (1 - confidence) / 2
+            low = float(stats.beta.ppf(tail, g, discordant - g + 1)) if g > 0 else 0.0
+            high = float(stats.beta.ppf(1 - tail, g + 1, discordant - g)) if g < discordant else 1.0
+            share = discordant / self.n
+            return share * (2 * low - 1), share * (2 * high - 1)
+        if self.se is None or self.df is None:
+            return None
+        if self.se == 0:
+            return self.delta, self.delta
+        return _t_interval(self.delta, self.se, self.df, confidence)
 
 
-def bootstrap_p_value(deltas: np.ndarray) -> float | None:
-    """Two-sided p-value of H0: delta = 0 from the bootstrap distribution of the difference (the
-    smallest alpha whose percentile interval excludes 0), with the +1 correction of a Monte Carlo
-    p-value so it is never 0."""
-    finite = deltas[np.isfinite(deltas)]
-    if finite.size == 0 or finite.size < deltas.size / 2:
-        return None
-    below = (1 + np.count_nonzero(finite <= 0)) / (finite.size + 1)
-    above = (1 + np.count_nonzero(finite >= 0)) / (finite.size + 1)
-    return float(min(1.0, 2 * min(below, above)))
+def mcnemar_exact(gained: int, lost: int) -> float:
+    """Exact two-sided McNemar p-value: under H0 each discordant question is gained or lost with
+    probability 1/2, so `gained` ~ Binomial(gained + lost, 1/2). No discordant question: p = 1."""
+    n = int(gained) + int(lost)
+    if n == 0:
+        return 1.0
+    # = binomtest(gained, n, 1/2).pvalue (symmetric null: twice the smaller tail), without its overhead
+    return float(min(1.0, 2 * stats.binom.cdf(min(int(gained), int(lost)), n, 0.5)))
 
 
-def paired_bootstrap(
-    a: Statistic, b: Statistic, counts: np.ndarray, confidence: float = 0.95
-) -> PairedResult:
-    """b - a with both statistics evaluated on the same resampled questions (the pairing)."""
-    va, vb = a.value(), b.value()
-    if va is None or vb is None:
-        return PairedResult(va, vb, None, None, None)
-    deltas = b.resampled(counts) - a.resampled(counts)
-    return PairedResult(va, vb, vb - va, percentile_interval(deltas, confidence), bootstrap_p_value(deltas))
+def _t_p_value(delta: float, se: float, df: float) -> float:
+    if se == 0:
+        return 1.0 if delta == 0 else 0.0
+    return float(2 * stats.t.sf(abs(delta) / se, df))
 
 
 def paired_binary(
-    a: Sequence[float],
-    b: Sequence[float],
-    counts: np.ndarray,
-    members: Sequence[bool] | None = None,
-    confidence: float = 0.95,
-    statistics: tuple[Statistic, Statistic] | None = None,
-) -> PairedResult:
-    """Two models' 0/1 outcomes on the same questions: exact McNemar p-value, bootstrap interval of
-    the difference in accuracy, and the churn (gained, lost). `statistics`: the two accuracies as
-    already-built `mean_statistic(outcomes, members)` (their resamples are then reused)."""
+    a: Sequence[float], b: Sequence[float], members: Sequence[bool] | None = None
+) -> PairedTest:
+    """Two models' 0/1 outcomes on the same questions (those in `members`): exact McNemar."""
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     m = np.ones_like(x, dtype=bool) if members is None else np.asarray(members, dtype=bool)
+    n = int(m.sum())
+    if n == 0:
+        return PairedTest(None, None, None, None, MCNEMAR)
     gained = int(np.count_nonzero(m & (y == 1) & (x == 0)))
     lost = int(np.count_nonzero(m & (x == 1) & (y == 0)))
-    sa, sb = statistics or (mean_statistic(x, m), mean_statistic(y, m))
-    boot = paired_bootstrap(sa, sb, counts, confidence)
-    if boot.delta is None:
-        return boot
-    return PairedResult(
-        boot.value_a, boot.value_b, boot.delta, boot.ci, mcnemar_exact(gained, lost), gained, lost
-    )
+    va, vb = float(x[m].mean()), float(y[m].mean())
+    return PairedTest(va, vb, vb - va, mcnemar_exact(gained, lost), MCNEMAR, gained, lost, n)
 
 
-def pooled_paired_bootstrap(
-    pairs: Sequence[tuple[Statistic, Statistic]],
-    counts: np.ndarray,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> PairedResult:
-    """b - a averaged over K replicates (independent reruns of the whole loop, evaluated on the same
-    questions): each bootstrap draw resamples the questions (one row of `counts`, shared by every
-    replicate) and the replicates (K draws with replacement), so the interval holds both the
-    question sampling and the between-replicate (training-seed) spread. K = 1 is `paired_bootstrap`."""
+def _support(a: Statistic, b: Statistic) -> int:
+    return min(s.support if s.support is not None else s.n_questions for s in (a, b))
+
+
+def paired_t(a: Statistic, b: Statistic) -> PairedTest:
+    """b - a by a t-test on the jackknife values of the difference, df = (fewest supporting
+    questions) - 1. For plain means this is `scipy.stats.ttest_rel(b, a)`. Undefined (p None) when
+    a value, or a leave-one-out value, is undefined, or with fewer than 2 supporting questions."""
+    va, vb = a.value(), b.value()
+    if va is None or vb is None:
+        return PairedTest(va, vb, None, None, PAIRED_T)
+    support = _support(a, b)
+    se = jackknife_se(b.leave_one_out() - a.leave_one_out())
+    if se is None or support < 2:
+        return PairedTest(va, vb, vb - va, None, PAIRED_T)
+    delta = vb - va
+    return PairedTest(va, vb, delta, _t_p_value(delta, se, support - 1), PAIRED_T, se=se, df=support - 1)
+
+
+def replicate_test(pairs: Sequence[tuple[Statistic, Statistic]]) -> PairedTest:
+    """b - a averaged over K >= 2 replicates (independent reruns of the loop, evaluated on the same
+    questions), by a two-level t-test.
+
+    The difference is D = mean_k D_k (D_k: replicate k's difference). Its variance has a seed part
+    and a question part: se^2 = S_B^2 / K + S_Q^2 / n, with S_B^2 the variance of the K replicate
+    differences (training-seed spread, plus the within-replicate question noise) and S_Q^2 / n the
+    squared jackknife SE of the replicate-averaged difference over questions (the questions are
+    shared by the replicates, so their sampling error does not average out over replicates). The
+    within-replicate noise is counted in both terms, which makes the test conservative, never
+    liberal. Degrees of freedom: K - 1, the fewest any part of the variance rests on (a
+    Welch-Satterthwaite df is liberal at K = 2: when the two replicates happen to agree, it trusts
+    the small between-replicate variance with many degrees of freedom; simulated in
+    tests/test_report_error_rates.py)."""
+    k = len(pairs)
+    if k < 2:
+        raise ValueError("replicate_test needs at least 2 replicates (one replicate: paired_t)")
     values = [(a.value(), b.value()) for a, b in pairs]
-    if not pairs or any(va is None or vb is None for va, vb in values):
-        return PairedResult(None, None, None, None, None)
+    if any(va is None or vb is None for va, vb in values):
+        return PairedTest(None, None, None, None, REPLICATE_T)
     va = float(np.mean([v[0] for v in values]))
     vb = float(np.mean([v[1] for v in values]))
-    deltas = np.stack([b.resampled(counts) - a.resampled(counts) for a, b in pairs])  # (K, B)
-    k, n_resamples = deltas.shape
-    pick = np.random.default_rng(seed).integers(0, k, size=(n_resamples, k))
-    pooled = deltas[pick, np.arange(n_resamples)[:, None]].mean(axis=1)
-    return PairedResult(va, vb, vb - va, percentile_interval(pooled, confidence), bootstrap_p_value(pooled))
+    deltas = np.array([v[1] - v[0] for v in values])  # type: ignore[operator]
+    support = min(_support(a, b) for a, b in pairs)
+    loo = np.mean([b.leave_one_out() - a.leave_one_out() for a, b in pairs], axis=0)
+    se_q = jackknife_se(loo)
+    if se_q is None or support < 2:
+        return PairedTest(va, vb, vb - va, None, REPLICATE_T)
+    between = float(np.var(deltas, ddof=1)) / k
+    within = se_q * se_q
+    var = between + within
+    if var == 0:
+        return PairedTest(va, vb, vb - va, _t_p_value(vb - va, 0.0, 1), REPLICATE_T, se=0.0, df=1.0)
+    df = float(k - 1)
+    se = math.sqrt(var)
+    return PairedTest(va, vb, vb - va, _t_p_value(vb - va, se, df), REPLICATE_T, se=se, df=df)
 
 
 def gap_intervals(
-    per_question_gap: Sequence[float],
-    per_question_accuracy: Sequence[float],
-    confidence: float = 0.95,
-    n_resamples: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
+    per_question_gap: Sequence[float], per_question_accuracy: Sequence[float], confidence: float = 0.95
 ) -> dict[str, tuple[float, float] | None]:
-    """Question-bootstrap intervals of paper B's gap (mean of per-prompt gaps) and relative gap
-    (mean over the prompts not saturated, acc < 1, of gap / (1 - acc)), prompts resampled."""
+    """t intervals over prompts of paper B's gap (mean of per-prompt gaps) and relative gap (mean
+    over the prompts not saturated, acc < 1, of gap / (1 - acc); its jackknife leaves one prompt
+    out of the unsaturated mean)."""
     gaps = np.asarray(per_question_gap, dtype=np.float64)
     acc = np.asarray(per_question_accuracy, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(acc < 1, gaps / (1 - acc), np.nan)
-    counts = resample_counts(len(gaps), n_resamples, seed)
     return {
-        "gap": bootstrap_interval(mean_statistic(gaps), counts, confidence),
-        "relative_gap": bootstrap_interval(mean_statistic(relative), counts, confidence),
+        "gap": statistic_interval(mean_statistic(gaps), confidence),
+        "relative_gap": statistic_interval(mean_statistic(relative), confidence),
     }
 
 
-def check_stats(alpha: object, effect: object, resamples: object, where: str = "config") -> None:
-    """Config errors naming the key: alpha in (0, 1), a power effect > 0, >= 100 resamples."""
+def check_stats(alpha: object, effect: object, primary: object = None, where: str = "config") -> None:
+    """Config errors naming the key: alpha in (0, 1), a power effect > 0, and primary metrics a
+    non-empty list of distinct metric names."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise ValueError(f"{where}: stats.alpha={alpha!r}: must be in (0, 1)")
     if isinstance(effect, bool) or not isinstance(effect, (int, float)) or not effect > 0:
         raise ValueError(f"{where}: stats.power_effect={effect!r}: must be > 0")
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
-        raise ValueError(f"{where}: stats.resamples={resamples!r}: must be an integer >= 100")
+    if primary is not None:
+        if (
+            not isinstance(primary, (list, tuple))
+            or not primary
+            or not all(isinstance(p, str) and p for p in primary)
+            or len(set(primary)) != len(primary)
+        ):
+            raise ValueError(
+                f"{where}: stats.primary_metrics={primary!r}: must be a non-empty list of distinct "
+                "metric names"
+            )
 
 
 # ------------------------------------------------------------------ power
 
 
-def _z(alpha: float) -> float:
-    return float(stats.norm.ppf(1 - alpha / 2))
+def _mcnemar_critical(n_discordant: np.ndarray, level: float) -> np.ndarray:
+    """Per discordant count N: the largest gained count c with 2 P(Bin(N, 1/2) <= c) < level (the
+    exact test rejects when gained <= c or gained >= N - c); -1 when no count is rejected."""
+    c = stats.binom.ppf(level / 2, n_discordant, 0.5) - 1
+    # ppf returns the smallest c with cdf >= q: step back where rounding put it one too far
+    too_far = (c >= 0) & (2 * stats.binom.cdf(c, n_discordant, 0.5) >= level)
+    return np.where(too_far, c - 1, c)
 
 
-def paired_binary_power(n: int, discordance: float, delta: float, alpha: float = 0.05) -> float:
-    """Power of the two-sided McNemar test (normal approximation, Connor 1987) on n questions, with
-    `discordance` the share of questions the two models answer differently and `delta` the
-    difference in accuracy (|delta| <= discordance)."""
+def mcnemar_power(n: int, discordance: float, delta: float, level: float) -> float:
+    """Exact power of the two-sided exact McNemar test at `level` on n questions: each question is
+    discordant with probability `discordance`, and a discordant one is gained with probability
+    (discordance + delta) / (2 discordance). Summed over the number of discordant questions."""
     d, p = abs(delta), discordance
-    if d == 0 or p <= 0:
-        return alpha
-    spread = math.sqrt(max(p - d * d, 1e-12))
-    return float(stats.norm.cdf((d * math.sqrt(n) - _z(alpha) * math.sqrt(p)) / spread))
+    if p <= 0 or n < 1:
+        return 0.0
+    d = min(d, p)
+    share = 0.5 + d / (2 * p)
+    big = np.arange(n + 1)
+    crit = _mcnemar_critical(big, level)
+    reject = np.where(
+        crit >= 0, stats.binom.cdf(crit, big, share) + stats.binom.sf(big - crit - 1, big, share), 0.0
+    )
+    return float(np.sum(stats.binom.pmf(big, n, p) * reject))
 
 
-def paired_binary_mde(n: int, discordance: float, alpha: float = 0.05, power: float = POWER) -> float | None:
-    """Smallest |difference in accuracy| detected with `power` by McNemar on n questions at this
-    discordance; None when even delta = discordance (every discordant question one way) is not."""
+def mcnemar_mde(n: int, discordance: float, level: float, power: float = POWER) -> float | None:
+    """Smallest |difference in accuracy| the exact McNemar test at `level` detects with `power` on n
+    questions at this discordance; None when even delta = discordance (every discordant question
+    one way) is not detected that often."""
     if discordance <= 0 or n < 1:
         return None
-    if paired_binary_power(n, discordance, discordance, alpha) < power:
+    if mcnemar_power(n, discordance, discordance, level) < power:
         return None
     return float(
-        optimize.brentq(lambda d: paired_binary_power(n, discordance, d, alpha) - power, 1e-9, discordance)
+        optimize.brentq(
+            lambda d: mcnemar_power(n, discordance, d, level) - power, 1e-9, discordance, xtol=1e-6
+        )
     )
 
 
-def paired_binary_n_needed(
-    discordance: float, effect: float, alpha: float = 0.05, power: float = POWER
-) -> int:
-    """Questions McNemar needs to detect a difference `effect` with `power`; the discordance is at
-    least |effect| (a change of e needs at least a share e of questions to change)."""
+def _smallest_n(power_at: Callable[[int], float], power: float, start: int) -> int:
+    """Smallest n with power_at(n) >= power, by doubling then bisection (exact McNemar power is
+    not quite monotone in n, so this is the first n of the crossing bisection finds)."""
+    lo, hi = 1, max(2, start)
+    while power_at(hi) < power:
+        lo, hi = hi, hi * 2
+        if hi > 10_000_000:
+            raise ValueError("more than 10 million questions would be needed")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if power_at(mid) < power else (lo, mid)
+    return hi
+
+
+def mcnemar_n_needed(discordance: float, effect: float, level: float, power: float = POWER) -> int:
+    """Questions the exact McNemar test at `level` needs to detect a difference `effect` with
+    `power`; the discordance is at least |effect| (a change of e needs a share e of questions to
+    change)."""
     d = abs(effect)
     p = max(discordance, d)
-    n = ((_z(alpha) * math.sqrt(p) + float(stats.norm.ppf(power)) * math.sqrt(max(p - d * d, 0.0))) / d) ** 2
-    return int(math.ceil(n))
+    z = float(stats.norm.ppf(1 - level / 2)) * math.sqrt(p) + float(stats.norm.ppf(power)) * math.sqrt(
+        max(p - d * d, 0.0)
+    )
+    start = int(math.ceil((z / d) ** 2))  # Connor's normal approximation: the search starts there
+    return _smallest_n(lambda n: mcnemar_power(n, p, d, level), power, start)
 
 
-def mean_difference_power(n: int, sd: float, delta: float, alpha: float = 0.05) -> float:
-    """Power of a two-sided test of a paired mean difference (normal approximation), per-question
-    differences with standard deviation `sd`."""
-    if sd <= 0:
-        return 1.0 if delta else alpha
-    k = abs(delta) * math.sqrt(n) / sd
-    return float(stats.norm.cdf(k - _z(alpha)) + stats.norm.cdf(-k - _z(alpha)))
+def t_power(se: float, df: float, delta: float, level: float) -> float:
+    """Power of a two-sided t-test at `level` with this standard error and degrees of freedom
+    against a true difference `delta` (noncentral t)."""
+    if se <= 0:
+        return 1.0 if delta else level
+    crit = float(stats.t.ppf(1 - level / 2, df))
+    ncp = abs(delta) / se
+    upper = float(stats.nct.sf(crit, df, ncp))
+    lower = float(stats.nct.cdf(-crit, df, ncp))  # scipy returns NaN far in the tail, where it is 0
+    return min(1.0, (upper if math.isfinite(upper) else 1.0) + (lower if math.isfinite(lower) else 0.0))
 
 
-def mean_difference_mde(n: int, sd: float, alpha: float = 0.05, power: float = POWER) -> float | None:
-    """Smallest paired mean difference detected with `power` on n questions (None: sd unknown)."""
-    if sd <= 0 or n < 1:
+def t_mde(se: float, df: float, level: float, power: float = POWER) -> float | None:
+    """Smallest difference a two-sided t-test at `level` detects with `power` (None: se unknown)."""
+    if not se > 0 or df < 1:
         return None
-    return (_z(alpha) + float(stats.norm.ppf(power))) * sd / math.sqrt(n)
+    hi = se * (float(stats.t.ppf(1 - level / 2, df)) + float(stats.t.ppf(power, df)) + 1)
+    while t_power(se, df, hi, level) < power:
+        hi *= 2
+    return float(optimize.brentq(lambda d: t_power(se, df, d, level) - power, 0.0, hi, xtol=1e-9))
 
 
-def mean_difference_n_needed(sd: float, effect: float, alpha: float = 0.05, power: float = POWER) -> int:
-    """Questions needed to detect a paired mean difference `effect` with `power`."""
-    return int(math.ceil(((_z(alpha) + float(stats.norm.ppf(power))) * sd / abs(effect)) ** 2))
+def paired_t_power(n: int, sd: float, delta: float, level: float) -> float:
+    """Power of the paired t-test at `level` on n questions whose per-question differences have
+    standard deviation `sd`."""
+    return t_power(sd / math.sqrt(n), n - 1, delta, level)
+
+
+def paired_t_mde(n: int, sd: float, level: float, power: float = POWER) -> float | None:
+    """Smallest paired mean difference the paired t-test at `level` detects with `power` on n
+    questions (None: sd unknown)."""
+    if not sd > 0 or n < 2:
+        return None
+    return t_mde(sd / math.sqrt(n), n - 1, level, power)
+
+
+def paired_t_n_needed(sd: float, effect: float, level: float, power: float = POWER) -> int:
+    """Questions the paired t-test at `level` needs to detect a mean difference `effect`."""
+    z = (float(stats.norm.ppf(1 - level / 2)) + float(stats.norm.ppf(power))) * sd / abs(effect)
+    return _smallest_n(lambda n: paired_t_power(n, sd, effect, level) if n > 1 else 0.0, power, int(z * z))

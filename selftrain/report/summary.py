@@ -3,10 +3,10 @@ progressed or regressed, as a statistical statement.
 
 The headline compares the last iteration M_T with M1 (paper A's question: did self-improvement after
 the first SFT help?); a second table compares every M_t with M_{t-1} (where did the change happen?).
-Every verdict is paired on the same questions (exact McNemar for 0/1 outcomes, a paired question
-bootstrap for the rest), Holm-adjusted across the metrics of one comparison, and reads progressed /
-regressed only when the adjusted p < alpha and the interval of the difference excludes 0
-(`selftrain.report.verdicts`; docs/metrics.md, "Intervals and verdicts"). Direction per metric:
+Every verdict is paired on the same questions (exact McNemar for 0/1 outcomes, a paired t-test over
+questions for the rest) and every test of the report shares one alpha (primary and secondary
+families, Bonferroni; `selftrain.report.verdicts.apply_error_control`; docs/metrics.md, "Intervals
+and verdicts"). Direction per metric:
 higher is better for accuracies, coverage, pass@k and diversity; lower for the OOD group disparity
 and truncated answers; bookkeeping counts get no verdict.
 """
@@ -27,20 +27,22 @@ from .logger import write_text_atomic
 from .plots import plot_comparison, plot_run
 from .runs import RunRecord, load_run
 from .verdicts import (
-    NO_CHANGE,
+    PRIMARY,
     PROGRESSED,
     REGRESSED,
+    SECONDARY,
     UNDEFINED,
     Comparison,
+    ErrorControl,
     ModelData,
     PowerLine,
-    Resampler,
+    apply_error_control,
     compare_models,
-    compare_replicates,
     direction,
     eval_dir_of,
     improvement_set_metrics,
     is_unavailable,
+    judge_run,
     load_model_data,
     model_intervals,
     power_lines,
@@ -50,7 +52,6 @@ from .verdicts import (
 
 # Paper A: with M1's correct-answer coverage above this, iterative DPO / SFT-DPO did best.
 COVERAGE_THRESHOLD = 0.5
-HEADLINE = ("pass@1", "coverage", "ood/accuracy")
 
 __all__ = ["direction", "render_report", "report_runs", "suggestion", "write_run_report"]
 
@@ -129,6 +130,8 @@ class RunAnalysis:
     n_questions: int | None
     n_ood: int | None
     unavailable: dict[str, str] = field(default_factory=dict)  # metric pattern -> reason
+    control: ErrorControl | None = None
+    primary: tuple[str, ...] = ()
     replicates: int = 1  # replicate runs pooled into the verdicts
     # metric -> iteration -> (mean, standard deviation, replicates that reached it)
     spread: dict[str, dict[int, tuple[float, float, int]]] = field(default_factory=dict)
@@ -158,7 +161,7 @@ def is_reference_of(run: RunRecord) -> int | None:
 
 def analyse_run(run: RunRecord) -> RunAnalysis:
     """Per-question data of every evaluated model -> intervals, verdicts, churn and power."""
-    alpha, effect, resamples = stats_settings(run.config, str(run.folder / "config.json"))
+    alpha, effect, primary = stats_settings(run.config, str(run.folder / "config.json"))
     equations = bool((run.config.get("eval") or {}).get("equations", True))
     is_ns = (run.config.get("eval") or {}).get("is_ns") or []
     models = {
@@ -170,22 +173,15 @@ def analyse_run(run: RunRecord) -> RunAnalysis:
         {t: load_model_data(eval_dir_of(o.folder, o.config, t), f"M{t}", equations) for t in o.iterations}
         for o in others
     ]
-    resampler = Resampler(resamples)
     ref = is_reference_of(run)
     intervals = {}
     for t, model in models.items():
         extra = improvement_set_metrics(model, models[ref], is_ns) if ref in models and t != ref else {}
-        intervals[t] = model_intervals(model, resampler, 1 - alpha, extra)
+        intervals[t] = model_intervals(model, 1 - alpha, extra)
     b = baseline_of(run)
     keys = sorted({k for m in models.values() for k in m.metrics} | set(run.metric_keys()), key=_key_order)
     later = [t for t in run.iterations if t > b]
-    def compare(s: int, t: int) -> Comparison:
-        pairs = [(m[s], m[t]) for m in rep_models if s in m and t in m]
-        return compare_replicates(pairs, keys, resampler, alpha)
-
-    final = compare(b, later[-1]) if b in models and later else None
-    done = run.iterations
-    steps = [compare(s, t) for s, t in zip(done, done[1:])]
+    final, steps, control = judge_run(rep_models, run.iterations, b, keys, primary, alpha)
     churn = []
     for t in later:
         base, model = models[b], models[t]
@@ -198,7 +194,10 @@ def analyse_run(run: RunRecord) -> RunAnalysis:
     base = models.get(b)
     n_q = len(base.qids["test"]) if base is not None and "test" in base.qids else None
     n_ood = len(base.qids["ood"]) if base is not None and "ood" in base.qids else None
-    power = power_lines(final, base, n_q, alpha, effect) if base is not None and n_q else []
+    power = []
+    if base is not None and n_q and final is not None:
+        levels = {r["metric"]: r["level"] for r in final.rows if r["level"] is not None}
+        power = power_lines(final, base, n_q, effect, levels)
     unavailable: dict[str, str] = {}
     for t, model in models.items():
         for pattern, reason in model.unavailable.items():
@@ -206,7 +205,7 @@ def analyse_run(run: RunRecord) -> RunAnalysis:
     spread = replicate_spread([run, *others]) if others else {}
     return RunAnalysis(
         alpha, effect, b, models, intervals, final, steps, churn, power, n_q, n_ood, unavailable,
-        replicates=len(rep_models), spread=spread,
+        control=control, primary=primary, replicates=len(rep_models), spread=spread,
     )
 
 
@@ -237,20 +236,25 @@ def _signed(x: float) -> str:
     return f"{x:+.3f}"
 
 
-def _ci_text(lo: float | None, hi: float | None, confidence: float) -> str:
-    if lo is None or hi is None:
+def _conf(level: float) -> str:
+    """The confidence of an interval at a test's level: 0.05 -> 95%, 0.00833 -> 99.17%."""
+    return f"{100 * (1 - level):.4g}%"
+
+
+def _ci_text(lo: float | None, hi: float | None, level: float | None) -> str:
+    if lo is None or hi is None or level is None:
         return "no interval"
-    return f"{confidence:.0%} CI {_signed(lo)} .. {_signed(hi)}"
+    return f"{_conf(level)} CI {_signed(lo)} .. {_signed(hi)}"
 
 
 def _p(p: float | None) -> str:
     return "–" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
-def _change_text(row: dict[str, Any], confidence: float) -> str:
+def _change_text(row: dict[str, Any]) -> str:
     if row["delta"] is None:
         return "no difference can be computed"
-    return f"{_signed(row['delta'])} ({_ci_text(row['ci_low'], row['ci_high'], confidence)})"
+    return f"{_signed(row['delta'])} ({_ci_text(row['ci_low'], row['ci_high'], row['level'])})"
 
 
 def nothing_yet(b: int) -> str:
@@ -258,35 +262,36 @@ def nothing_yet(b: int) -> str:
 
 
 def summary_lines(run: RunRecord, a: RunAnalysis) -> list[str]:
-    """The opening: what changed detectably, what did not, what this test set cannot resolve."""
-    if a.final is None:
+    """The opening: the error control, the primary verdicts, what else changed detectably, what this
+    test set cannot resolve."""
+    if a.final is None or a.control is None:
         return [nothing_yet(a.baseline)]
     c = a.final
-    family = [r for r in c.rows if r["p_adjusted"] is not None]
     sizes = f"{a.n_questions} test questions" + (f" and {a.n_ood} OOD questions" if a.n_ood else "")
     if a.replicates > 1:
-        sizes += f", pooled over {a.replicates} replicate runs (intervals resample questions and replicates)"
+        sizes += (f", pooled over {a.replicates} replicate runs (a two-level t-test: its variance holds the "
+                  "question spread and the seed-to-seed spread)")
     lines = [
-        f"{c.model} against {c.baseline} on the same {sizes}; alpha = {a.alpha:g}, p-values Holm-adjusted "
-        f"over the {len(family)} metrics of this comparison; a metric progressed or regressed only when "
-        "its adjusted p < alpha and its interval excludes 0.",
+        f"{c.model} against {c.baseline} on the same {sizes}. Error control: {a.control.describe()} "
+        "A verdict reads progressed or regressed when its p-value is below its test's level; every "
+        "difference is printed with the interval at that level (Bonferroni-adjusted), which excludes 0 "
+        "exactly when the verdict is a change.",
         "",
     ]
-    moved = [r for r in c.rows if r["verdict"] in (PROGRESSED, REGRESSED)]
+    primary = [r for r in c.rows if r["family"] == PRIMARY]
+    if primary:
+        lines.append("- **Primary (confirmatory):** " + "; ".join(
+            f"`{r['metric']}` **{r['verdict']}** {_change_text(r)}, p_adj {_p(r['p_adjusted'])}"
+            for r in primary) + ".")
+    moved = [r for r in c.rows if r["family"] == SECONDARY and r["verdict"] in (PROGRESSED, REGRESSED)]
+    secondary = [r for r in c.rows if r["family"] == SECONDARY and r["verdict"] != UNDEFINED]
     if moved:
-        lines.append("- **Changed detectably:** " + "; ".join(
-            f"`{r['metric']}` **{r['verdict']}** {_change_text(r, a.confidence)}, p_adj {_p(r['p_adjusted'])}"
+        lines.append("- **Secondary (exploratory), changed detectably:** " + "; ".join(
+            f"`{r['metric']}` **{r['verdict']}** {_change_text(r)}, p_adj {_p(r['p_adjusted'])}"
             for r in moved) + ".")
-    else:
-        lines.append("- **Changed detectably:** nothing.")
-    still = [r for r in c.rows if r["verdict"] == NO_CHANGE]
-    if still:
-        named = [r for r in still if r["metric"] in HEADLINE]
-        text = "; ".join(f"`{r['metric']}` {_change_text(r, a.confidence)}" for r in named)
-        rest = len(still) - len(named)
-        if rest:
-            text += ("; and " if text else "") + f"{rest} more metric(s) (table below)"
-        lines.append(f"- **No detectable change:** {text}.")
+    elif secondary:
+        lines.append(f"- **Secondary (exploratory):** no detectable change in any of {len(secondary)} "
+                     "metric(s) (list below).")
     undefined = [r["metric"] for r in c.rows if r["verdict"] == UNDEFINED]
     if undefined:
         lines.append("- **Undefined** (a value or the per-question data is missing): "
@@ -304,17 +309,22 @@ def summary_lines(run: RunRecord, a: RunAnalysis) -> list[str]:
         need = ""
         if p.n_needed:
             need = f"; a change of {a.effect:g} would need about {p.n_needed} test questions"
-        resolve.append(f"a change in `{p.metric}` smaller than {p.mde:.3f}{need}")
+        resolve.append(f"a change in `{p.metric}` smaller than {p.mde:.3f} ({_power_rule(p)}){need}")
     if resolve:
-        lines.append(f"- **This test set cannot resolve** (80% power at alpha {a.alpha:g}, from the "
-                     "observed discordance / spread): " + "; ".join(resolve) + ".")
+        lines.append("- **This test set cannot resolve** (80% power, each metric under the test and at the "
+                     "level this report applies to it): " + "; ".join(resolve) + ".")
     return lines
+
+
+def _power_rule(p: PowerLine) -> str:
+    return f"{p.test} at level {p.level:.3g}" if p.level is not None else p.test
 
 
 def _no_mde(p: PowerLine) -> str:
     if p.ceiling:
         return (f"no change in `{p.metric}` up to {p.ceiling:.3f} (the share of questions the models answer "
-                "differently: every one of them moving the same way) is detected with 80% power")
+                f"differently: every one of them moving the same way) is detected with 80% power "
+                f"({_power_rule(p)})")
     return f"no smallest detectable change in `{p.metric}` can be stated ({p.basis})"
 
 
@@ -327,12 +337,12 @@ def verdict_lines(a: RunAnalysis) -> list[str]:
     for r in c.rows:
         if r["verdict"] == UNDEFINED:
             why = c.notes.get(r["metric"], "a value is missing")
-            lines.append(f"- `{r['metric']}`: **undefined** ({why})")
+            lines.append(f"- `{r['metric']}` ({r['family']}): **undefined** ({why})")
             continue
         lines.append(
-            f"- `{r['metric']}`: **{r['verdict']}** since {c.baseline} ({_fmt(r['baseline_value'])} → "
-            f"{_fmt(r['value'])} at {c.model}, {_change_text(r, a.confidence)}, p {_p(r['p_value'])}, "
-            f"p_adj {_p(r['p_adjusted'])})"
+            f"- `{r['metric']}` ({r['family']}): **{r['verdict']}** since {c.baseline} "
+            f"({_fmt(r['baseline_value'])} → {_fmt(r['value'])} at {c.model}, {_change_text(r)}; "
+            f"{r['test']}, p {_p(r['p_value'])}, p_adj {_p(r['p_adjusted'])})"
         )
     return lines
 
@@ -368,7 +378,8 @@ def churn_table(a: RunAnalysis) -> list[str]:
         return []
     b = f"M{a.baseline}"
     lines = [f"| model | gained: IS(t), solved and not by {b} | lost: LS(t), solved by {b} and not | net | "
-             "McNemar p | vs previous: gained / lost |", "|---|---:|---:|---:|---:|---:|"]
+             "McNemar p (unadjusted, no verdict) | vs previous: gained / lost |",
+             "|---|---:|---:|---:|---:|---:|"]
     steps = {c.model: c for c in a.steps}
     for row in a.churn:
         step = steps.get(f"M{row['iteration']}")
@@ -414,8 +425,10 @@ def render_report(run: RunRecord, analysis: RunAnalysis | None = None) -> str:
     lines += is_lines
     if a.steps:
         lines += ["", "## Step by step: M_t against M_{t-1}", "",
-                  f"Difference [{a.confidence:.0%} CI]; **↑** progressed, **↓** regressed (Holm within each "
-                  "column), plain: no detectable change, –: undefined.", ""]
+                  "Difference [interval at the test's level]; **↑** progressed, **↓** regressed, plain: no "
+                  "detectable change, –: undefined. Every cell is a secondary test (except the primary "
+                  "metrics of the headline comparison, when a step is the headline), at the levels of the "
+                  "error control stated in the summary.", ""]
         lines += step_table(a)
     if a.churn:
         lines += ["", "## Churn: questions gained and lost (greedy)", ""] + churn_table(a)
@@ -424,16 +437,17 @@ def render_report(run: RunRecord, analysis: RunAnalysis | None = None) -> str:
         for p in a.power:
             mde = f"{p.mde:.3f}" if p.mde is not None else _no_mde(p)
             need = f"; {a.effect:g} needs about {p.n_needed} questions" if p.n_needed else ""
-            lines.append(f"- `{p.metric}`: smallest change detected with 80% power at alpha {a.alpha:g} on "
-                         f"{a.n_questions} questions: {mde}{need} (from {p.basis}).")
+            lines.append(f"- `{p.metric}`: smallest change the report's own verdict ({_power_rule(p)}, "
+                         f"its share of alpha {a.alpha:g}) detects with 80% power on {a.n_questions} "
+                         f"questions: {mde}{need} (from {p.basis}).")
     if a.spread:
         lines += replicate_table(a, done)
     if a.unavailable:
         lines += ["", "## Unavailable", ""]
         lines += [f"- `{k}`: {v}" for k, v in sorted(a.unavailable.items())]
     lines += ["", "## Every metric per iteration", "",
-              f"Value [{a.confidence:.0%} interval: Wilson for per-question proportions, question bootstrap "
-              "for the rest].", ""]
+              f"Value [{a.confidence:.0%} interval, unadjusted (no verdict): Wilson for per-question "
+              "proportions, t over questions for the rest].", ""]
     header = "| metric | " + " | ".join(f"M{t}" for t in done) + " |"
     lines += [header, "|---|" + "---:|" * len(done)]
     for key in sorted(run.metric_keys(), key=_key_order):
@@ -525,17 +539,18 @@ def report_runs(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             cells = [_fmt((r.row(t) or {}).get(key)) for t in iterations]
             lines.append(f"| {r.label} ({r.folder}) | " + " | ".join(cells) + " |")
         lines.append("")
-    comparisons = _paired_between_runs(runs)
-    if comparisons:
-        alpha = stats_settings(runs[0].config, str(runs[0].folder / "config.json"))[0]
+    comparisons, control = _paired_between_runs(runs)
+    if comparisons and control is not None:
+        primary = control.primary
         lines += [f"## Paired tests against `{runs[0].label}` (same questions, same iteration)", "",
-                  f"Difference [{1 - alpha:.0%} CI], Holm-adjusted p over the metrics of each comparison; "
-                  "progressed / regressed only when p_adj < alpha and the interval excludes 0.", "",
+                  "The headline comparisons are each run's last iteration shared with the first run. "
+                  f"Error control: {control.describe()} Difference [interval at the test's level, "
+                  "which excludes 0 exactly when the verdict is a change].", "",
                   "| run | model | metric | baseline | value | difference | p_adj | verdict |",
                   "|---|---|---|---:|---:|---:|---:|---|"]
         for label, c in comparisons:
             for r in c.rows:
-                if r["verdict"] == UNDEFINED and r["metric"] not in HEADLINE:
+                if r["verdict"] == UNDEFINED and r["metric"] not in primary:
                     continue
                 lines.append(
                     f"| {label} | {c.model} | `{r['metric']}` | {_fmt(r['baseline_value'])} | "
@@ -547,21 +562,31 @@ def report_runs(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     return write_text_atomic(out / "comparison.md", "\n".join(lines) + "\n")
 
 
-def _paired_between_runs(runs: Sequence[RunRecord]) -> list[tuple[str, Comparison]]:
+def _paired_between_runs(
+    runs: Sequence[RunRecord],
+) -> tuple[list[tuple[str, Comparison]], ErrorControl | None]:
     """Every later run against the first, iteration by iteration, where both hold per-question data
-    on the same questions (otherwise the rows read undefined with the reason)."""
+    on the same questions (otherwise the rows read undefined with the reason), under one error
+    control: the primary family is the primary metrics at each run's last shared iteration."""
     if len(runs) < 2:
-        return []
+        return [], None
     first = runs[0]
-    alpha, _, resamples = stats_settings(first.config, str(first.folder / "config.json"))
-    resampler = Resampler(resamples)
-    out = []
+    alpha, _, primary = stats_settings(first.config, str(first.folder / "config.json"))
+    out: list[tuple[str, Comparison]] = []
+    headline: list[Comparison] = []
     for other in runs[1:]:
+        last = None
         for t in sorted(set(first.iterations) & set(other.iterations)):
             a = load_model_data(eval_dir_of(first.folder, first.config, t), f"{first.label}:M{t}")
             b = load_model_data(eval_dir_of(other.folder, other.config, t), f"{other.label}:M{t}")
             if is_unavailable(a, "pass@1") or is_unavailable(b, "pass@1"):
                 continue
             keys = sorted(set(a.metrics) | set(b.metrics), key=_key_order)
-            out.append((other.label, compare_models(a, b, keys, resampler, alpha)))
-    return out
+            last = compare_models(a, b, keys)
+            out.append((other.label, last))
+        if last is not None:
+            headline.append(last)
+    if not out:
+        return [], None
+    control = apply_error_control([c for _, c in out], headline, primary, alpha)
+    return out, control

@@ -5,10 +5,15 @@ folders written before per-question levels and diversity values were kept, `gree
 `samples.jsonl`); what cannot be recomputed is reported as unavailable with the reason. The
 statistics themselves live in `selftrain.metrics.stats`.
 
-Verdict rule (docs/metrics.md, "Intervals and verdicts"): a metric **progressed** / **regressed**
-only when its Holm-adjusted p-value (over the metrics of one comparison) is below alpha and the
-(1 - alpha) interval of the difference excludes 0; otherwise **no detectable change**;
-**undefined** when a value is missing on either side.
+Verdict rule (docs/metrics.md, "Intervals and verdicts"): every (comparison, metric) test of a
+report belongs to one of two families. The **primary** family is the declared primary metrics
+(`stats.primary_metrics`, default pass@1, coverage and OOD accuracy) of the headline comparison;
+every other test the report shows (the secondary metrics of the headline, every step, every
+comparison of runs) is **secondary**. Each family gets alpha / 2 (all of alpha when the other is
+empty), split equally over its tests (Bonferroni), so the probability that a report marks any
+change anywhere when nothing changed is at most alpha. A metric **progressed** / **regressed** when
+its p-value is below its test's level; the interval printed beside it is the one that inverts the
+test at that level, so the two agree; **undefined** when a value is missing on either side.
 """
 
 from __future__ import annotations
@@ -37,10 +42,17 @@ VERDICT_KEYS = (
     "ci_high",
     "p_value",
     "p_adjusted",
+    "family",
+    "level",
+    "test",
     "verdict",
 )
 DEFAULT_ALPHA = 0.05
 DEFAULT_EFFECT = 0.05
+DEFAULT_PRIMARY = ("pass@1", "coverage", "ood/accuracy")
+PRIMARY, SECONDARY = "primary", "secondary"
+# pass@k/1 is the same number as coverage (the mean share of correct samples): no verdict of its own
+_DUPLICATES = ("pass@k/1",)
 
 _LOWER_IS_BETTER = ("ood/group_disparity", "greedy/truncated")
 _NO_VERDICT_PREFIXES = ("data/", "train/", "sample/", "is/", "churn/")
@@ -52,7 +64,7 @@ def direction(key: str) -> int:
         return 0
     if key in _LOWER_IS_BETTER:
         return -1
-    if key.startswith(_NO_VERDICT_PREFIXES) or key.endswith("/n_questions"):
+    if key.startswith(_NO_VERDICT_PREFIXES) or key.endswith("/n_questions") or key in _DUPLICATES:
         return 0
     if key.startswith(("pass@", "coverage", "diversity/", "ood/")):
         return 1
@@ -99,6 +111,7 @@ class ModelData:
     extra_n: int | None = None  # samples behind pass@N on IS(t) (M1 only)
     extra_correct: np.ndarray | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # metric (or prefix*) -> reason
+    unpaired: dict[str, str] = field(default_factory=dict)  # question set without ids -> reason
 
 
 def _binary(qset: str, outcomes: np.ndarray, members: np.ndarray | None = None) -> Metric:
@@ -120,12 +133,19 @@ def load_model_data(eval_dir: Path, name: str, equations: bool = True) -> ModelD
     """Read one model's eval folder. A folder written before this change lacks levels, truncation
     flags and per-question diversity in details.json: truncation comes from greedy.jsonl, distinct-n
     and distinct equations are recomputed from samples.jsonl, and the rest is marked unavailable."""
-    out = ModelData(name)
     path = eval_dir / "details.json"
     if not path.is_file():
+        out = ModelData(name)
         out.unavailable["*"] = f"no per-question data: {path} does not exist"
         return out
-    d = _read_json(path)
+    return model_data(_read_json(path), name, path, equations)
+
+
+def model_data(d: dict[str, Any], name: str, path: Path, equations: bool = True) -> ModelData:
+    """One model's metrics from its details.json content (`path`: where it was read, for messages
+    and for the older files beside it)."""
+    out = ModelData(name)
+    eval_dir = path.parent
     for key in ("ids", "greedy_rewards"):
         if key not in d:
             raise ValueError(f"{path}: missing field {key!r}")
@@ -164,6 +184,8 @@ def load_model_data(eval_dir: Path, name: str, equations: bool = True) -> ModelD
         out.coverage_values = c / n
         out.metrics["coverage"] = Metric("test", stats.mean_statistic(c / n))
         for k in default_ks(int(n)):
+            if f"pass@k/{k}" in _DUPLICATES:
+                continue
             out.metrics[f"pass@k/{k}"] = Metric(
                 "test", stats.mean_statistic(_pass_at_k_per_question(int(n), c, k))
             )
@@ -182,7 +204,10 @@ def load_model_data(eval_dir: Path, name: str, equations: bool = True) -> ModelD
     ood = d.get("ood_rewards") or []
     if ood:
         ood_arr = np.array([1.0 if float(r) >= 1 else 0.0 for r in ood])
-        out.qids["ood"] = [str(i) for i in d.get("ood_ids") or range(len(ood))]
+        if d.get("ood_ids") is not None:
+            out.qids["ood"] = [str(i) for i in d["ood_ids"]]
+        else:  # pairing by position would pair different questions after any reordering
+            out.unpaired["ood"] = "details.json has no OOD question ids: the OOD questions cannot be paired"
         out.metrics["ood/accuracy"] = _binary("ood", ood_arr)
         ood_levels = d.get("ood_levels")
         if ood_levels is not None:
@@ -233,36 +258,16 @@ def _diversity_from_samples(
     }
 
 
-class Resampler:
-    """One seeded matrix of bootstrap counts per question set, shared by every metric and model of a
-    report (so the same resamples serve intervals and paired differences, and a regenerated report
-    is identical)."""
-
-    def __init__(self, n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = 0) -> None:
-        self.n_resamples = n_resamples
-        self.seed = seed
-        self._cache: dict[tuple[str, int], np.ndarray] = {}
-
-    def counts(self, qset: str, n: int) -> np.ndarray:
-        key = (qset, n)
-        if key not in self._cache:
-            self._cache[key] = stats.resample_counts(
-                n, self.n_resamples, stats.stable_seed(self.seed, qset, n)
-            )
-        return self._cache[key]
-
-
-def metric_interval(metric: Metric, resampler: Resampler, confidence: float) -> tuple[float, float] | None:
-    """Wilson for a per-question proportion, the question bootstrap for everything else."""
+def metric_interval(metric: Metric, confidence: float) -> tuple[float, float] | None:
+    """Wilson for a per-question proportion, the t interval over questions for everything else."""
     if metric.outcomes is not None:
         m = metric.members
         return stats.wilson_interval(int(metric.outcomes[m].sum()), int(m.sum()), confidence)
-    n = metric.stat.columns.shape[0]
-    return stats.bootstrap_interval(metric.stat, resampler.counts(metric.qset, n), confidence)
+    return stats.statistic_interval(metric.stat, confidence)
 
 
 def improvement_set_metrics(model: ModelData, m1: ModelData, ns: Sequence[int]) -> dict[str, Metric]:
-    """M1's pass@N on IS(t) as question-bootstrap statistics (members: solved by M_t, not by M1)."""
+    """M1's pass@N on IS(t) as statistics over questions (members: solved by M_t, not by M1)."""
     if model.greedy is None or m1.greedy is None or m1.extra_correct is None or m1.extra_n is None:
         return {}
     if model.qids.get("test") != m1.qids.get("test"):
@@ -276,11 +281,11 @@ def improvement_set_metrics(model: ModelData, m1: ModelData, ns: Sequence[int]) 
 
 
 def model_intervals(
-    model: ModelData, resampler: Resampler, confidence: float, extra: dict[str, Metric] | None = None
+    model: ModelData, confidence: float, extra: dict[str, Metric] | None = None
 ) -> dict[str, tuple[float, float] | None]:
-    """The (1 - alpha) interval of every metric of one model."""
+    """The (unadjusted) interval of every metric of one model at `confidence`."""
     metrics = {**model.metrics, **(extra or {})}
-    return {key: metric_interval(m, resampler, confidence) for key, m in metrics.items()}
+    return {key: metric_interval(m, confidence) for key, m in metrics.items()}
 
 
 def is_unavailable(model: ModelData, key: str) -> str | None:
@@ -297,15 +302,18 @@ def is_unavailable(model: ModelData, key: str) -> str | None:
 
 @dataclass
 class Comparison:
-    """Model `model` against `baseline` on the same questions: one row per metric."""
+    """Model `model` against `baseline` on the same questions: one test per metric; `rows` are
+    filled by `apply_error_control` once every comparison of the report is known."""
 
     baseline: str
     model: str
-    rows: list[dict[str, Any]]
-    gained: int | None = None  # pass@1 churn: solved by model, not by baseline
+    tests: dict[str, stats.PairedTest | None] = field(default_factory=dict)  # None: no test possible
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    gained: int | None = None  # pass@1 churn: solved by model, not by baseline (replicate 0)
     lost: int | None = None
     n_questions: int | None = None
     coverage_sd: float | None = None  # spread of the per-question coverage difference (power)
+    replicates: int = 1
     notes: dict[str, str] = field(default_factory=dict)  # metric -> why undefined
 
     @property
@@ -318,34 +326,38 @@ class Comparison:
         return next((r for r in self.rows if r["metric"] == metric), None)
 
 
-def verdict_word(
-    sign: int, delta: float | None, ci: tuple[float, float] | None, p_adj: float | None, alpha: float
-) -> str:
-    """The issue's rule: adjusted p < alpha AND the interval of the difference excludes 0."""
-    if delta is None or p_adj is None or ci is None:
+def verdict_word(sign: int, delta: float | None, p_value: float | None, level: float | None) -> str:
+    """progressed / regressed when the p-value is below the test's level (its Bonferroni share of
+    alpha), by the metric's direction; undefined without a difference or a p-value."""
+    if delta is None or p_value is None or level is None:
         return UNDEFINED
-    if p_adj < alpha and (ci[0] > 0 or ci[1] < 0):
+    if p_value < level and delta != 0:
         return PROGRESSED if delta * sign > 0 else REGRESSED
     return NO_CHANGE
 
 
-def compare_models(
-    base: ModelData, model: ModelData, keys: Sequence[str], resampler: Resampler, alpha: float
-) -> Comparison:
-    """Paired verdicts of `model` vs `base` for every key with a direction, Holm across them."""
-    return compare_replicates([(base, model)], keys, resampler, alpha)
+def compare_models(base: ModelData, model: ModelData, keys: Sequence[str]) -> Comparison:
+    """The paired test of `model` vs `base` for every key with a direction."""
+    return compare_replicates([(base, model)], keys)
 
 
-def compare_replicates(
-    pairs: Sequence[tuple[ModelData, ModelData]], keys: Sequence[str], resampler: Resampler, alpha: float
-) -> Comparison:
-    """Paired verdicts of model vs base, pooled over replicates when there are several (one
-    (base, model) pair per replicate: the bootstrap resamples questions and replicates; McNemar,
-    a test of one pair of models, is used when there is one)."""
-    confidence = 1 - alpha
+def _pairing_problem(pairs: Sequence[tuple[ModelData, ModelData]], qset: str) -> str | None:
+    base = pairs[0][0]
+    for b, m in pairs:
+        for x in (b, m):
+            if x.qids.get(qset) is None:
+                return x.unpaired.get(qset) or f"{x.name} has no {qset} question ids: no pairing"
+        if b.qids[qset] != base.qids[qset] or m.qids[qset] != base.qids[qset]:
+            return f"the models were evaluated on different {qset} questions (or in another order)"
+    return None
+
+
+def compare_replicates(pairs: Sequence[tuple[ModelData, ModelData]], keys: Sequence[str]) -> Comparison:
+    """Paired tests of model vs base, pooled over replicates when there are several (one (base,
+    model) pair per replicate): exact McNemar for 0/1 outcomes and the paired t (jackknife) for the
+    rest with one replicate, the two-level t-test with several."""
     base, model = pairs[0]
-    out = Comparison(base.name, model.name, [])
-    results: list[tuple[str, stats.PairedResult | None]] = []
+    out = Comparison(base.name, model.name, replicates=len(pairs))
     for key in keys:
         if direction(key) == 0:
             continue
@@ -355,138 +367,271 @@ def compare_replicates(
             out.notes[key] = next(
                 (r for r in reasons if r), "no per-question values for this metric on one side"
             )
-            results.append((key, None))
+            out.tests[key] = None
             continue
-        qset = found[0][0].qset
-        if any(
-            b.qids.get(qset) != base.qids.get(qset) or m.qids.get(qset) != base.qids.get(qset)
-            for b, m in pairs
-        ):
-            out.notes[key] = f"the models were evaluated on different {qset} questions"
-            results.append((key, None))
+        qset = found[0][0].qset  # type: ignore[union-attr]
+        problem = _pairing_problem(pairs, qset)
+        if problem:
+            out.notes[key] = problem
+            out.tests[key] = None
             continue
         a, b = found[0]
-        if a.outcomes is None or b.outcomes is None or len(pairs) > 1:  # a bootstrap test
-            supports = [s.support for x, y in found for s in (x.stat, y.stat) if s.support is not None]
-            if supports and min(supports) < stats.MIN_BOOTSTRAP_QUESTIONS:
+        assert a is not None and b is not None
+        binary = a.outcomes is not None and b.outcomes is not None
+        res: stats.PairedTest
+        if len(pairs) == 1 and binary:
+            res = stats.paired_binary(a.outcomes, b.outcomes, a.members & b.members)  # type: ignore[operator]
+        else:
+            statistics = [(x.stat, y.stat) for x, y in found]  # type: ignore[union-attr]
+            supports = [s.support for pair in statistics for s in pair if s.support is not None]
+            res = stats.paired_t(a.stat, b.stat) if len(pairs) == 1 else stats.replicate_test(statistics)
+            if supports and min(supports) < stats.MIN_QUESTIONS:
                 out.notes[key] = (
                     f"only {min(supports)} question(s) define it on one side, fewer than "
-                    f"{stats.MIN_BOOTSTRAP_QUESTIONS}: too few for a bootstrap test"
+                    f"{stats.MIN_QUESTIONS}: too few for a t-test over questions"
                 )
-                results.append((key, None))
-                continue
-        counts = resampler.counts(qset, found[0][0].stat.columns.shape[0])
-        if len(pairs) > 1:
-            res = stats.pooled_paired_bootstrap(
-                [(x.stat, y.stat) for x, y in found], counts, confidence, stats.stable_seed("replicates", key)
-            )
-        elif a.outcomes is not None and b.outcomes is not None:
-            same = np.array_equal(a.members, b.members)
-            res = stats.paired_binary(
-                a.outcomes,
-                b.outcomes,
-                counts,
-                a.members & b.members,
-                confidence,
-                (a.stat, b.stat) if same else None,
-            )
-        else:
-            res = stats.paired_bootstrap(a.stat, b.stat, counts, confidence)
-        if key == "pass@1" and base.greedy is not None and model.greedy is not None:
-            out.gained = int(np.count_nonzero((model.greedy == 1) & (base.greedy == 0)))
-            out.lost = int(np.count_nonzero((model.greedy == 0) & (base.greedy == 1)))
-            out.n_questions = len(base.greedy)
+                res = stats.PairedTest(res.value_a, res.value_b, res.delta, None, res.method)
         if res.delta is None:
-            out.notes[key] = "undefined on one side (e.g. a ratio whose denominator is 0)"
-        results.append((key, res))
-    if (
-        base.coverage_values is not None
-        and model.coverage_values is not None
-        and len(base.coverage_values) > 1
-        and base.qids.get("test") == model.qids.get("test")
-    ):
-        out.coverage_sd = float(np.std(model.coverage_values - base.coverage_values, ddof=1))
-    adjusted = stats.holm([r.p_value if r is not None and r.delta is not None else None for _, r in results])
-    for (key, res), p_adj in zip(results, adjusted):
-        ci = res.ci if res is not None else None
-        delta = res.delta if res is not None else None
-        out.rows.append(
-            {
-                "metric": key,
-                "baseline": base.name,
-                "model": model.name,
-                "baseline_value": res.value_a if res is not None else None,
-                "value": res.value_b if res is not None else None,
-                "delta": delta,
-                "ci_low": ci[0] if ci else None,
-                "ci_high": ci[1] if ci else None,
-                "p_value": res.p_value if res is not None else None,
-                "p_adjusted": p_adj,
-                "verdict": verdict_word(direction(key), delta, ci, p_adj, alpha),
-            }
-        )
+            out.notes.setdefault(key, "undefined on one side (e.g. a ratio whose denominator is 0)")
+        elif res.p_value is None:
+            out.notes.setdefault(key, "a leave-one-question-out value is undefined: no test")
+        out.tests[key] = res
+    if base.greedy is not None and model.greedy is not None and _pairing_problem(pairs[:1], "test") is None:
+        out.gained = int(np.count_nonzero((model.greedy == 1) & (base.greedy == 0)))
+        out.lost = int(np.count_nonzero((model.greedy == 0) & (base.greedy == 1)))
+        out.n_questions = len(base.greedy)
+        if (
+            base.coverage_values is not None
+            and model.coverage_values is not None
+            and len(base.coverage_values) > 1
+        ):
+            out.coverage_sd = float(np.std(model.coverage_values - base.coverage_values, ddof=1))
     return out
+
+
+@dataclass(frozen=True)
+class ErrorControl:
+    """How alpha is split over the tests of one report (Bonferroni over two families)."""
+
+    alpha: float
+    primary: tuple[str, ...]
+    n_primary: int
+    n_secondary: int
+    level_primary: float | None
+    level_secondary: float | None
+
+    def describe(self) -> str:
+        parts = []
+        if self.n_primary:
+            names = ", ".join(f"`{m}`" for m in self.primary)
+            parts.append(
+                f"the primary family ({names} of the headline comparison: {self.n_primary} test(s)) "
+                f"shares {self.n_primary * self.level_primary:.3g}, each at level {self.level_primary:.3g}"
+            )
+        if self.n_secondary:
+            parts.append(
+                f"the secondary family (every other test this report shows: {self.n_secondary}) shares "
+                f"{self.n_secondary * self.level_secondary:.3g}, each at level {self.level_secondary:.3g}"
+            )
+        return (
+            f"alpha = {self.alpha:g} for the whole report (Bonferroni): " + "; ".join(parts) + ". So on data "
+            f"where nothing changed, the chance that any verdict below reads progressed or regressed is at "
+            f"most {self.alpha:g}. p_adj = p x alpha / level."
+        )
+
+
+def apply_error_control(
+    comparisons: Sequence[Comparison], headline: Sequence[Comparison], primary: Sequence[str], alpha: float
+) -> ErrorControl:
+    """Fill every comparison's rows: each test gets its family (primary: a primary metric of a
+    headline comparison; secondary: any other), its level (the family's share of alpha, alpha / 2
+    each, or all of it when the other family is empty, split equally over the family's tests), the
+    interval at that level, p_adj = p x alpha / level, and its verdict. Counted in a family is every
+    test a comparison could run (both sides have the metric's per-question values, paired by id),
+    whatever its outcome, so the split does not depend on the data's values."""
+    heads = {id(c) for c in headline}
+    unique: list[Comparison] = []
+    for c in comparisons:
+        if all(c is not u for u in unique):
+            unique.append(c)
+
+    def family(c: Comparison, key: str) -> str:
+        return PRIMARY if id(c) in heads and key in primary else SECONDARY
+
+    sizes = {PRIMARY: 0, SECONDARY: 0}
+    for c in unique:
+        for key, res in c.tests.items():
+            if res is not None:
+                sizes[family(c, key)] += 1
+    both = sizes[PRIMARY] > 0 and sizes[SECONDARY] > 0
+    share = alpha / 2 if both else alpha
+    levels = {f: (share / n if n else None) for f, n in sizes.items()}
+    for c in unique:
+        c.rows = []
+        for key, res in c.tests.items():
+            fam = family(c, key)
+            level = levels[fam] if res is not None else None
+            p = res.p_value if res is not None else None
+            ci = res.interval(1 - level) if res is not None and level is not None and p is not None else None
+            delta = res.delta if res is not None else None
+            c.rows.append(
+                {
+                    "metric": key,
+                    "baseline": c.baseline,
+                    "model": c.model,
+                    "baseline_value": res.value_a if res is not None else None,
+                    "value": res.value_b if res is not None else None,
+                    "delta": delta,
+                    "ci_low": ci[0] if ci else None,
+                    "ci_high": ci[1] if ci else None,
+                    "p_value": p,
+                    "p_adjusted": min(1.0, p * alpha / level) if p is not None and level else None,
+                    "family": fam,
+                    "level": level,
+                    "test": res.method if res is not None else None,
+                    "verdict": verdict_word(direction(key), delta, p, level),
+                }
+            )
+    return ErrorControl(
+        alpha, tuple(primary), sizes[PRIMARY], sizes[SECONDARY], levels[PRIMARY], levels[SECONDARY]
+    )
+
+
+def judge_run(
+    rep_models: Sequence[dict[int, ModelData]],
+    iterations: Sequence[int],
+    baseline: int,
+    keys: Sequence[str],
+    primary: Sequence[str],
+    alpha: float,
+) -> tuple[Comparison | None, list[Comparison], ErrorControl]:
+    """Every comparison a run's report shows, under one error control: M_T vs the baseline (the
+    headline) and every step M_t vs M_{t-1}, pooled over the replicates (`rep_models`: one
+    {iteration: model} per replicate, replicate 0 first)."""
+    models = rep_models[0]
+    later = [t for t in iterations if t > baseline]
+    final: Comparison | None = None
+
+    def compare(s: int, t: int) -> Comparison:
+        if final is not None and (s, t) == (baseline, later[-1]):
+            return final  # M_T vs M1 is also a step when T = 2: one test, shown twice
+        pairs = [(m[s], m[t]) for m in rep_models if s in m and t in m]
+        return compare_replicates(pairs, keys)
+
+    final = compare(baseline, later[-1]) if baseline in models and later else None
+    steps = [compare(s, t) for s, t in zip(iterations, iterations[1:])]
+    headline = [final] if final is not None else []
+    return final, steps, apply_error_control(headline + steps, headline, primary, alpha)
 
 
 @dataclass
 class PowerLine:
     metric: str
-    mde: float | None  # smallest change detected with 80% power at alpha
-    n_needed: int | None  # questions needed for the configured effect
+    mde: float | None  # smallest change the report's own test detects with 80% power at its level
+    n_needed: int | None  # questions needed for the configured effect (None: not stated)
     basis: str  # where the discordance / spread came from
+    level: float | None = None  # the level the metric's test faces in this report
+    test: str = ""
     ceiling: float | None = None  # mde None: the largest change possible (the discordance) is below 80%
 
 
 def power_lines(
-    comparison: Comparison | None, base: ModelData, n_questions: int, alpha: float, effect: float
+    comparison: Comparison | None, base: ModelData, n_questions: int, effect: float, levels: dict[str, float]
 ) -> list[PowerLine]:
-    """What this test set can resolve for pass@1 (McNemar) and coverage (paired mean difference)."""
+    """What this test set can resolve for pass@1 and coverage, each under the test and at the level
+    the report applies to it (`levels`: metric -> level; the headline comparison's)."""
     lines = []
+    tests = comparison.tests if comparison is not None else {}
+    for key in ("pass@1", "coverage"):
+        level = levels.get(key)
+        res = tests.get(key)
+        if level is None:
+            continue
+        if res is not None and res.method == stats.REPLICATE_T:
+            mde = stats.t_mde(res.se, res.df, level) if res.se and res.df else None
+            lines.append(PowerLine(
+                key, mde, None,
+                f"the standard error of the two-level t-test over {comparison.replicates} replicates "  # type: ignore[union-attr]
+                "(more questions do not shrink the seed-to-seed part, so no question count is stated)",
+                level, stats.REPLICATE_T))
+            continue
+        if key == "pass@1":
+            lines.append(_pass1_power(comparison, base, n_questions, effect, level))
+        else:
+            line = _coverage_power(comparison, base, n_questions, effect, level)
+            if line is not None:
+                lines.append(line)
+    return lines
+
+
+def _pass1_power(
+    comparison: Comparison | None, base: ModelData, n: int, effect: float, level: float
+) -> PowerLine:
     disc = comparison.discordance if comparison is not None else None
     basis = "the observed discordance between the two models"
     if not disc and base.greedy is not None and len(base.greedy):
         p = float(base.greedy.mean())
         disc = 2 * p * (1 - p)  # two independent draws at the baseline's accuracy disagree this often
         basis = "no discordant question observed; assuming independent answers at the baseline's pass@1"
-    if disc:
-        lines.append(
-            PowerLine(
-                "pass@1",
-                stats.paired_binary_mde(n_questions, disc, alpha),
-                stats.paired_binary_n_needed(disc, effect, alpha),
-                basis,
-                ceiling=disc,
-            )
-        )
-    else:
-        lines.append(PowerLine("pass@1", None, None, "no discordance to base it on (pass@1 is 0 or 1)"))
+    if not disc:
+        why = "no discordance to base it on (pass@1 is 0 or 1)"
+        return PowerLine("pass@1", None, None, why, level, stats.MCNEMAR)
+    return PowerLine(
+        "pass@1",
+        stats.mcnemar_mde(n, disc, level),
+        stats.mcnemar_n_needed(disc, effect, level),
+        basis,
+        level,
+        stats.MCNEMAR,
+        ceiling=disc,
+    )
+
+
+def _coverage_power(
+    comparison: Comparison | None, base: ModelData, n: int, effect: float, level: float
+) -> PowerLine | None:
     sd = comparison.coverage_sd if comparison is not None else None
     basis = "the observed spread of the per-question coverage differences"
     if not sd and base.coverage_values is not None and len(base.coverage_values) > 1:
         sd = float(np.std(base.coverage_values, ddof=1)) * math.sqrt(2)
         basis = "no difference observed; assuming independent models with the baseline's spread"
     if sd:
-        lines.append(
-            PowerLine(
-                "coverage",
-                stats.mean_difference_mde(n_questions, sd, alpha),
-                stats.mean_difference_n_needed(sd, effect, alpha),
-                basis,
-            )
+        return PowerLine(
+            "coverage",
+            stats.paired_t_mde(n, sd, level),
+            stats.paired_t_n_needed(sd, effect, level),
+            basis,
+            level,
+            stats.PAIRED_T,
         )
-    elif base.coverage_values is not None:
-        lines.append(PowerLine("coverage", None, None, "every question has the same coverage"))
-    return lines
+    if base.coverage_values is not None:
+        why = "every question has the same coverage"
+        return PowerLine("coverage", None, None, why, level, stats.PAIRED_T)
+    return None
 
 
-def stats_settings(config: dict[str, Any], where: str = "config.json") -> tuple[float, float, int]:
-    """(alpha, power effect, resamples) from a run's config, checked (a hand-edited config.json)."""
+def check_primary(primary: Sequence[str], where: str = "config") -> None:
+    """Every primary metric must be one that gets a verdict (not bookkeeping, not a duplicate)."""
+    bad = [m for m in primary if direction(m) == 0]
+    if bad:
+        raise ValueError(
+            f"{where}: stats.primary_metrics: {bad} get no verdict (bookkeeping, or the same number as "
+            "another metric: pass@k/1 is coverage)"
+        )
+
+
+def stats_settings(
+    config: dict[str, Any], where: str = "config.json"
+) -> tuple[float, float, tuple[str, ...]]:
+    """(alpha, power effect, primary metrics) from a run's config, checked (a hand-edited
+    config.json). A `resamples` key of folders written when the report used a bootstrap is ignored."""
     section = config.get("stats") or {}
     alpha = section.get("alpha", DEFAULT_ALPHA)
     effect = section.get("power_effect", DEFAULT_EFFECT)
-    resamples = section.get("resamples", stats.DEFAULT_RESAMPLES)
-    stats.check_stats(alpha, effect, resamples, where)
-    return float(alpha), float(effect), int(resamples)
+    primary = section.get("primary_metrics", list(DEFAULT_PRIMARY))
+    stats.check_stats(alpha, effect, primary, where)
+    check_primary(primary, where)
+    return float(alpha), float(effect), tuple(primary)
 
 
 def eval_dir_of(folder: Path, config: dict[str, Any], t: int) -> Path:
@@ -497,7 +642,7 @@ def eval_dir_of(folder: Path, config: dict[str, Any], t: int) -> Path:
 def interval_row(folder: Path, config: dict[str, Any], t: int, reference: int | None) -> dict[str, float]:
     """`<metric>/ci_low` and `<metric>/ci_high` of model t (what W&B and metrics.jsonl get beside
     each metric); IS(t) intervals against the `reference` model's samples."""
-    alpha, _, resamples = stats_settings(config)
+    alpha, _, _ = stats_settings(config)
     equations = bool((config.get("eval") or {}).get("equations", True))
     model = load_model_data(eval_dir_of(folder, config, t), f"M{t}", equations)
     extra: dict[str, Metric] = {}
@@ -505,7 +650,7 @@ def interval_row(folder: Path, config: dict[str, Any], t: int, reference: int | 
         ref = load_model_data(eval_dir_of(folder, config, reference), f"M{reference}", equations)
         extra = improvement_set_metrics(model, ref, (config.get("eval") or {}).get("is_ns") or [])
     row: dict[str, float] = {}
-    for key, ci in model_intervals(model, Resampler(resamples), 1 - alpha, extra).items():
+    for key, ci in model_intervals(model, 1 - alpha, extra).items():
         if ci is not None:
             row[f"{key}/ci_low"], row[f"{key}/ci_high"] = ci
     return row

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from selftrain.metrics import generation_verification_gap, pearson, score_histogram
-from selftrain.metrics.stats import gap_intervals, stable_seed
+from selftrain.metrics.stats import gap_intervals
 
 from .filters import FilterSpec, keep_masks
 
@@ -27,8 +27,7 @@ def gap_results(
         masks = keep_masks(spec, scores_by_method)
         result = generation_verification_gap(rewards, masks)
         result["label"] = spec.label()
-        cis = gap_intervals(result["per_question_gap"], result["per_question_accuracy"],
-                            seed=stable_seed("gv_gap", spec.text))
+        cis = gap_intervals(result["per_question_gap"], result["per_question_accuracy"])
         result["gap_ci"], result["relative_gap_ci"] = cis["gap"], cis["relative_gap"]
         out[spec.text] = result
     return out
@@ -46,7 +45,7 @@ def _pct(value: float | None) -> str:
 
 
 def _pct_ci(ci: Sequence[float] | None) -> str:
-    """` [lo, hi]` in % (the 95% question-bootstrap interval), or nothing when there is none."""
+    """` [lo, hi]` in % (the 95% t interval over prompts), or nothing when there is none."""
     return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
@@ -54,7 +53,7 @@ def markdown_gap_tables(rows: Sequence[dict[str, Any]], specs: Sequence[FilterSp
     """Paper B's tables 3 and 4: one row per (generator, verifier), one column per filter (in %).
 
     rows: dicts with generator, verifier, accuracy and results (gap_results output). The gap and
-    relative gap carry their 95% bootstrap interval over prompts, `value [low, high]`.
+    relative gap carry their 95% t interval over prompts, `value [low, high]`.
     """
     head = "| Generator | Verifier | Accuracy | " + " | ".join(s.label() for s in specs) + " |"
     rule = "|---|---|---:|" + "---:|" * len(specs)
