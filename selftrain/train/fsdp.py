@@ -30,24 +30,34 @@ def _decoder(model: nn.Module) -> nn.Module:
     return inner
 
 
+def token_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """log p(target) / temperature-scaled, at the positions where targets != IGNORE, in row-major
+    order ([n_trained] float32). Only those positions go through the LM head (fused_logprobs,
+    chunked over the vocabulary): the [tokens, vocab] logits are never built."""
+    sel = targets != IGNORE
+    if weight.dtype != hidden.dtype:  # autocast: bf16 hidden states, fp32 master weight
+        weight = weight.to(hidden.dtype)
+    return K.fused_logprobs(hidden[sel], weight, targets[sel], ignore_index=IGNORE, temperature=temperature)
+
+
 def sequence_logprob_sums(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log p(target) over the positions where targets != IGNORE, per row, and the count of
     those positions: ([B] float32, [B] int64). The one place the trainer turns hidden states into
-    log-probs: only the trained positions go through the LM head (fused_logprobs, chunked over the
-    vocabulary), then the kernels' packed per-sequence sum."""
-    sel = targets != IGNORE
-    rows = sel.nonzero(as_tuple=True)[0]
-    if weight.dtype != hidden.dtype:  # autocast: bf16 hidden states, fp32 master weight
-        weight = weight.to(hidden.dtype)
-    logp = K.fused_logprobs(hidden[sel], weight, targets[sel], ignore_index=IGNORE)
+    per-sequence log-probs: `token_logprobs`, then the kernels' packed per-sequence sum."""
+    rows = (targets != IGNORE).nonzero(as_tuple=True)[0]
+    logp = token_logprobs(hidden, weight, targets)
     keep = torch.ones_like(rows, dtype=torch.bool)
     return K.sequence_logprob_sums(logp, keep, rows, targets.shape[0], return_counts=True)
 
 
 class SequenceScorer(nn.Module):
-    """forward(input_ids, attention_mask, targets) -> (log-prob sums [B], trained-token counts [B])."""
+    """forward(input_ids, attention_mask, targets) -> (log-prob sums [B], trained-token counts [B]);
+    with per_token=True -> the per-token log-probs of the trained positions ([n_trained], row-major,
+    `token_logprobs`) at `temperature`, for the online-RL loss (selftrain.train.rl)."""
 
     def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -57,15 +67,23 @@ class SequenceScorer(nn.Module):
         self.autocast_dtype = autocast_dtype
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        targets: torch.Tensor,
+        per_token: bool = False,
+        temperature: float = 1.0,
+    ) -> Any:
         ctx: Any = contextlib.nullcontext()
         if self.autocast_dtype is not None:
             ctx = torch.autocast(device_type=input_ids.device.type, dtype=self.autocast_dtype)
         with ctx:
             out = _decoder(self.model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
-            return sequence_logprob_sums(hidden, K.lm_head_weight(self.model), targets)
+            weight = K.lm_head_weight(self.model)
+            if per_token:
+                return token_logprobs(hidden, weight, targets, temperature)
+            return sequence_logprob_sums(hidden, weight, targets)
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
