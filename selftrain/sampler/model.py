@@ -151,22 +151,55 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 class LayerWeights:
     """One decoder layer's weights, fused for fewer matmuls."""
 
+    # each fused weight: the HF tensors (under "model.layers.<i>.") concatenated along dim 0
+    PARTS = {
+        "input_norm": ("input_layernorm.weight",),
+        "post_norm": ("post_attention_layernorm.weight",),
+        "qkv": tuple(f"self_attn.{p}_proj.weight" for p in "qkv"),
+        "qkv_bias": tuple(f"self_attn.{p}_proj.bias" for p in "qkv"),
+        "o": ("self_attn.o_proj.weight",),
+        "o_bias": ("self_attn.o_proj.bias",),
+        "gate_up": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+        "down": ("mlp.down_proj.weight",),
+    }
+    NAMES = tuple(PARTS)
+
     def __init__(self, sd: dict[str, torch.Tensor], prefix: str, dtype: torch.dtype, device: torch.device):
         def get(name: str) -> torch.Tensor | None:
             t = sd.get(prefix + name)
             return None if t is None else t.detach().to(device=device, dtype=dtype)
 
-        self.input_norm = get("input_layernorm.weight")
-        self.post_norm = get("post_attention_layernorm.weight")
-        self.qkv = torch.cat([get(f"self_attn.{p}_proj.weight") for p in "qkv"], 0).contiguous()
-        biases = [get(f"self_attn.{p}_proj.bias") for p in "qkv"]
-        self.qkv_bias = torch.cat(biases, 0).contiguous() if biases[0] is not None else None
-        self.o = get("self_attn.o_proj.weight").contiguous()
-        self.o_bias = get("self_attn.o_proj.bias")
-        self.gate_up = torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")], 0).contiguous()
-        self.down = get("mlp.down_proj.weight").contiguous()
+        for name, parts in self.PARTS.items():
+            tensors = [get(p) for p in parts]
+            if tensors[0] is None:
+                setattr(self, name, None)
+            else:  # one part: the (possibly shared) tensor itself; several: a new fused copy
+                setattr(self, name, tensors[0].contiguous() if len(tensors) == 1 else torch.cat(tensors, 0))
         if get("mlp.gate_proj.bias") is not None:
             raise ValueError(f"{prefix}mlp has biases (mlp_bias=True), which the sampler does not support")
+
+    @torch.no_grad()
+    def load(self, sd: dict[str, torch.Tensor], prefix: str) -> None:
+        """Copy this layer's HF tensors from `sd` into the fused weights in place (no temporaries)."""
+        for name, parts in self.PARTS.items():
+            dst = getattr(self, name)
+            srcs = [sd.get(prefix + p) for p in parts]
+            if dst is None or any(t is None for t in srcs):
+                if dst is None and all(t is None for t in srcs):
+                    continue
+                missing = [prefix + p for p, t in zip(parts, srcs) if t is None]
+                what = f"lacks {', '.join(missing)}" if missing else f"has an extra {prefix}{parts[0]}"
+                raise ValueError(f"state dict {what}")
+            rows = sum(t.shape[0] for t in srcs)
+            if rows != dst.shape[0] or any(t.shape[1:] != dst.shape[1:] for t in srcs):
+                shapes = [tuple(t.shape) for t in srcs]
+                raise ValueError(
+                    f"{prefix}{name}: shapes {shapes} in the state dict do not fit {tuple(dst.shape)}"
+                )
+            start = 0
+            for t in srcs:
+                dst.narrow(0, start, t.shape[0]).copy_(t)
+                start += t.shape[0]
 
 
 class Transformer:
@@ -195,6 +228,63 @@ class Transformer:
         self.vocab_major_head = cpu_fp32 and cpu_logits.available()
         self.fused_ops = cpu_fp32 and cpu_layer_ops.available()
         self._head_buffers: dict[str, torch.Tensor] = {}
+        # `.to()` returns the HF tensor itself when device and dtype already match: then some
+        # weights here are the source model's own tensors, which load_state_dict must not write
+        source_ptrs = {t.data_ptr() for t in sd.values()}
+        self.shares_source = any(t.data_ptr() in source_ptrs for t in self._tensors())
+
+    def _tensors(self) -> list[torch.Tensor]:
+        out = [self.embed, self.final_norm, self.lm_head]
+        for layer in self.layers:
+            out += [t for t in (getattr(layer, n) for n in LayerWeights.NAMES) if t is not None]
+        return out
+
+    def _unshare(self) -> None:
+        """Give every weight a private copy (new addresses)."""
+        tied = self.lm_head is self.embed
+        self.embed = self.embed.clone()
+        self.final_norm = self.final_norm.clone()
+        self.lm_head = self.embed if tied else self.lm_head.clone()
+        for layer in self.layers:
+            for name in LayerWeights.NAMES:
+                t = getattr(layer, name)
+                if t is not None:
+                    setattr(layer, name, t.clone())
+        self.shares_source = False
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> bool:
+        """Copy an HF state dict of the same architecture into the weights in place, each HF
+        tensor straight into its slice of the fused weight (no temporaries). The addresses stay
+        unchanged (captured CUDA graphs stay valid) except on the first
+        call when the weights still share the construction model's tensors: they get private
+        copies first, and the call returns True (the caller must re-capture graphs). A state dict
+        that does not fit raises a ValueError naming the tensor, possibly after earlier tensors
+        were copied: load a fitting one before sampling again."""
+        sd = dict(state_dict)
+        if "model.embed_tokens.weight" not in sd:
+            raise ValueError("state dict has no model.embed_tokens.weight; is it a *ForCausalLM state dict?")
+        moved = self.shares_source
+        if moved:
+            self._unshare()
+
+        def put(dst: torch.Tensor | None, src: torch.Tensor | None, name: str) -> None:
+            if (dst is None) != (src is None):
+                raise ValueError(f"state dict {'lacks' if src is None else 'has an extra'} {name}")
+            if dst is not None:
+                if dst.shape != src.shape:
+                    raise ValueError(
+                        f"{name}: shape {tuple(src.shape)} in the state dict, {tuple(dst.shape)} here"
+                    )
+                dst.copy_(src)
+
+        put(self.embed, sd["model.embed_tokens.weight"], "model.embed_tokens.weight")
+        for i, layer in enumerate(self.layers):
+            layer.load(sd, f"model.layers.{i}.")
+        put(self.final_norm, sd["model.norm.weight"], "model.norm.weight")
+        if self.lm_head is not self.embed:
+            put(self.lm_head, sd.get("lm_head.weight"), "lm_head.weight")
+        return moved
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 meta: Any, backend: Any) -> torch.Tensor:

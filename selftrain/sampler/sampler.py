@@ -120,6 +120,28 @@ class Sampler:
             ids.update([source] if isinstance(source, int) else list(source))
         return ids
 
+    def load_weights(self, source: Any) -> float:
+        """Replace the weights with those of `source` (an HF causal LM of the same architecture,
+        e.g. the trainer's current policy, or its state dict) in place: no checkpoint is written
+        or read, and the KV pool, block tables and CUDA graphs stay as they are (the sampler keeps
+        no KV cache between `generate` calls, so nothing computed with the old weights survives).
+        A sampler built from an HF model object that already had the sampler's dtype and device
+        shares some of its tensors; the first refresh gives it private copies, so that model is
+        never written to.
+        Returns the seconds the copy took (the weight-sync cost)."""
+        import time
+
+        t0 = time.perf_counter()
+        state = source.state_dict() if hasattr(source, "state_dict") else source
+        if self.model.load_state_dict(state) and self.engine.runner.graphs is not None:
+            from selftrain.sampler.cuda_graphs import DecodeGraphs
+
+            runner = self.engine.runner  # the weights moved to private copies: capture again
+            runner.graphs = DecodeGraphs(runner, max_batch=self.config.max_num_seqs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
+
     @property
     def stats(self) -> EngineStats:
         return self.engine.stats
