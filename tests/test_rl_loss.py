@@ -71,17 +71,16 @@ def test_config_is_checked_and_unknown_keys_fail():
     assert cfg.clip_high == 0.28 and cfg.aggregation == "token"
 
 
-def _reference_loss(
-    logp: list[list[float]],
+def reference_loss(
+    logp_t: list[torch.Tensor],
     old: list[list[float]],
     ref: list[list[float]],
     rewards: list[list[float]],
     cfg: RLLossConfig,
     max_new_tokens: int,
 ) -> torch.Tensor:
-    """The loss of a batch of groups, straight from the papers' formulas, in float64.
-    logp: per response (groups flattened, G consecutive responses per group) a list of token log-probs."""
-    logp_t = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in logp]
+    """The loss of a batch of groups, straight from the papers' formulas, in float64. logp_t: per
+    response (groups flattened, G consecutive responses per group) its tokens' log-probs [n_i]."""
     g = len(rewards[0])
     advs: list[float] = []
     for grp in rewards:
@@ -95,8 +94,8 @@ def _reference_loss(
             advs += [r - mean for r in grp]
         else:
             advs += [r - (sum(grp) - r) / (g - 1) for r in grp]
-    n_resp = len(logp)
-    n_tok = sum(len(x) for x in logp)
+    n_resp = len(logp_t)
+    n_tok = sum(len(x) for x in logp_t)
     total = torch.zeros((), dtype=torch.float64)
     for i, lp in enumerate(logp_t):
         seq_total = torch.zeros((), dtype=torch.float64)
@@ -114,8 +113,7 @@ def _reference_loss(
             total = total + seq_total / n_tok
         else:
             total = total + seq_total / (n_resp * max_new_tokens)
-    total.backward()
-    return total.detach(), torch.cat([x.grad for x in logp_t])
+    return total
 
 
 VARIANTS = [
@@ -139,7 +137,10 @@ def test_loss_and_grad_match_float64_formula(cfg):
     logp = [(-torch.rand(n, generator=gen, dtype=torch.float64) * 3).tolist() for n in lengths]
     old = [[x - float(torch.empty(()).uniform_(-0.5, 0.5, generator=gen)) for x in lp] for lp in logp]
     ref = [[x + float(torch.randn((), generator=gen)) * 0.3 for x in lp] for lp in logp]
-    want, want_grad = _reference_loss(logp, old, ref, rewards, cfg, max_new)
+    leaves = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in logp]
+    want = reference_loss(leaves, old, ref, rewards, cfg, max_new)
+    want.backward()
+    want, want_grad = want.detach(), torch.cat([x.grad for x in leaves])
 
     adv, _ = group_advantages(torch.tensor(rewards), cfg.advantage, cfg.std_eps)
     seq_of_token = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
