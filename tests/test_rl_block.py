@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from test_rl_loss import reference_loss
 
+from selftrain.config import ConfigError, from_dict
 from selftrain.models import load_model, load_tokenizer
 from selftrain.train.config import TrainConfig
 from selftrain.train.data import Example
@@ -95,8 +96,11 @@ def test_config_checks():
         RLConfig(group_size=1)
     with pytest.raises(ValueError, match="epochs"):
         RLConfig(optim=TrainConfig(epochs=2))
-    with pytest.raises(TypeError):
-        RLConfig(groupsize=4)  # unknown keys fail (parse_cli names them; see test_rl_loss)
+    with pytest.raises(ConfigError, match="grup"):
+        from_dict(RLConfig, {"optim": {"lr": 1e-3}, "grup": 4}, "grpo")
+    with pytest.raises(ConfigError, match="grpo.optim: unknown key.s. lrr"):
+        from_dict(RLConfig, {"optim": {"lrr": 1e-3}}, "grpo")
+    assert from_dict(RLConfig, {"optim": {"lr": 1e-3}, "clip_high": 0.28}, "grpo").optim.lr == 1e-3
 
 
 def _first_token_even(example, completion) -> float:
