@@ -148,6 +148,9 @@ def test_tiny_policy_learns_a_toy_reward(tmp_path, advantage, aggregation, beta,
     ):
         assert key in row
     assert ("kl" in row) == bool(beta) and row.get("kl", 0.0) >= 0.0
+    clip = read_curve(tmp_path, "clip_fraction")
+    # one update per batch: ratio exactly 1, nothing clipped; two: the second update's ratios move
+    assert (max(clip) > 0) == (updates > 1)
     assert (tmp_path / "model" / "config.json").is_file()
     # a second call finds the finished block and returns at once
     assert rl_block(

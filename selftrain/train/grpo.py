@@ -319,6 +319,7 @@ def rl_block(
                 )
             sums: dict[str, float] = {}
             grad_norms = []
+            clipped = 0.0
             for _ in range(cfg.updates_per_batch):
                 lr = opt.lr * lr_factor(update, total, warmup, opt.min_lr_ratio)
                 for group in optimizer.param_groups:
@@ -334,6 +335,7 @@ def rl_block(
                 optimizer.zero_grad(set_to_none=True)
                 update += 1
                 grad_norms.append(grad_norm)
+                clipped += values["clipped"]
                 if not sums:  # the first update's statistics: those of the sampling policy itself
                     sums = values
             train_s = time.perf_counter() - t1
@@ -345,7 +347,7 @@ def rl_block(
                 "zero_adv_fraction": flat / rewards.shape[0],
                 "loss": first["loss"],
                 "pg_loss": first["pg_loss"],
-                "clip_fraction": first["clipped"] / n_tok,
+                "clip_fraction": clipped / (cfg.updates_per_batch * n_tok),
                 "entropy_mc": first["neg_logp"] / n_tok,
                 "response_length": n_tok / len(seqs),
                 "lr": lr,
