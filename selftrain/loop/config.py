@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..train.config import TrainConfig
+from ..train.grpo import RLConfig
 from ..train.lora import LoraConfig
 
 
@@ -126,6 +127,8 @@ class LoopConfig:
     dpo: TrainConfig = field(
         default_factory=lambda: TrainConfig(lr=2e-7, epochs=1, global_batch_size=32, beta=0.3)
     )
+    # online RL steps (step kinds grpo / rloo; docs/rl.md): the loss, the sampling, the optimizer
+    rl: RLConfig = field(default_factory=RLConfig)
     wandb: WandbSection = field(default_factory=WandbSection)
     stats: StatsSection = field(default_factory=StatsSection)
     # LoRA / QLoRA for every training step (None = full fine-tuning). M_t is then an adapter whose

@@ -3,6 +3,7 @@
     iter_0/eval                         evaluate M0
     iter_1/build -> train -> eval       M1 = SFT(M0) on the gold training answers
     iter_t/sample -> build -> train -> eval   for t = 2..T, with the paradigm's step kind
+    iter_t/train -> eval                for an online step kind (grpo, rloo): one RL block
 
 Every stage publishes its folder atomically with a done-marker (`stages.run_stage`); every later
 stage reads its inputs back from those folders, so a fresh and a resumed run take the same path and
@@ -450,6 +451,58 @@ class LoopEngine:
         # the checkpoint lives beside the stage (iter_t/trainer, the trainer's own resumable folder)
         return self._stage(t, "train", compute, describe, outputs=("trainer",))
 
+    def rl_stage(self, t: int, kind: str) -> Path:
+        """M_t = a block of online RL steps from M_{t-1} on the training questions, graded by the
+        task (rl_block samples from the current policy in process); per-step rows (reward, KL,
+        clip fraction, ...) in iter_t/trainer/train_log.jsonl."""
+        from ..train.grpo import rl_block, task_reward
+
+        cfg = self.cfg
+        base = self._model_of(t - 1)
+        step = get_step_kind(kind)
+        rcfg = dataclasses.replace(
+            cfg.rl,
+            **step.train_overrides,
+            optim=dataclasses.replace(cfg.rl.optim, seed=derive_seed(cfg.seed, t, "train")),
+        )
+        references = {"previous": base, "sft": self._model_of(1), "base": cfg.model}
+
+        def compute(tmp: Path) -> None:
+            from ..models import is_complete_checkpoint
+
+            self.samplers.release()
+            out_dir = self.iter_dir(t) / "trainer"
+            if dist.is_main() and not is_complete_checkpoint(out_dir / "model"):
+                # a block has no resumable state inside: a killed one starts over from M_{t-1}
+                # (seeded, so the same steps), and so does its per-step log
+                (out_dir / "train_log.jsonl").unlink(missing_ok=True)
+            dist.barrier()
+            log = JsonlTrainLogger(
+                out_dir / "train_log.jsonl", total_steps=rcfg.steps, desc=f"train M{t} ({kind})",
+                show_progress=self.show_progress,
+            )
+            try:
+                res = rl_block(
+                    rcfg, base, self.train_examples, self.train_prompts, task_reward(self.task), out_dir,
+                    ref_model=references[rcfg.reference] if rcfg.beta > 0 else None,
+                    stop=self.train_stop or (), logger=log,
+                )
+            finally:
+                log.finish()
+            kept = {k: v for k, v in res.metrics.items() if not k.endswith("_s") and "per_s" not in k}
+            result = {"source": t, "skipped": False, "steps": res.steps, "metrics": kept, "loss": kind}
+            if dist.is_main():
+                write_json_atomic(tmp / "result.json", result)
+
+        def describe(folder: Path) -> str:
+            res = read_json(folder / "result.json")
+            reward = res["metrics"].get("reward/mean")
+            return f"{kind}: {res['steps']} online steps" + (
+                f", last reward {reward:.3f}" if reward is not None else ""
+            )
+
+        return self._stage(t, "train", compute, describe, outputs=("trainer",))
+
     def eval_stage(self, t: int) -> Path:
         """Evaluate M_t; M1 is also sampled max(is_ns) times per test question for IS(t) later."""
         cfg = self.cfg
@@ -488,18 +541,19 @@ class LoopEngine:
         from ..report.verdicts import interval_row  # the report's intervals, for W&B (`<key>/ci_low`)
 
         row.update(interval_row(self.root, to_dict(self.cfg), t, 1 if t >= 2 else None))
-        if t >= 1:
+        if t >= 1 and (self.iter_dir(t) / "build").is_dir():  # an online step builds no D_t
             build = read_json(self.iter_dir(t) / "build" / "stats.json")
             row["data/records"] = build["records"]
             row["data/questions_used"] = build["questions_used"]
             row["data/empty"] = int(build["empty"])
+        if t >= 1:
             train = read_json(self.iter_dir(t) / "train" / "result.json")
             row["train/skipped"] = int(train["skipped"])
             row["train/steps"] = train["steps"]
             for key, value in train["metrics"].items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     row[f"train/{key}"] = value
-        if t >= 2:
+        if t >= 2 and (self.iter_dir(t) / "sample").is_dir():
             sample = read_json(self.iter_dir(t) / "sample" / "stats.json")
             row["sample/correct_fraction"] = sample["correct_fraction"]
             row["sample/questions_with_correct"] = sample["questions_with_correct"]
@@ -543,10 +597,13 @@ class LoopEngine:
         kind = None
         for t in range(1, cfg.iterations + 1):
             kind = step_kind(cfg.paradigm, t)
-            if kind != GOLD_SFT:
-                self.sample_stage(t)
-            self.build_stage(t, kind)
-            self.train_stage(t, kind)
+            if kind != GOLD_SFT and get_step_kind(kind).online:
+                self.rl_stage(t, kind)
+            else:
+                if kind != GOLD_SFT:
+                    self.sample_stage(t)
+                self.build_stage(t, kind)
+                self.train_stage(t, kind)
             self.eval_stage(t)
             self.log_iteration(t, kind, logged)
             bar.update(1)

@@ -67,3 +67,6 @@ register_paradigm("iter_sft", lambda t: "sft")
 register_paradigm("iter_dpo", lambda t: "dpo")
 # Alternating, starting with an SFT step right after M1: t = 2 sft, t = 3 dpo, t = 4 sft, ...
 register_paradigm("iter_sft_dpo", lambda t: "sft" if t % 2 == 0 else "dpo")
+# Online RL after M1's gold SFT: every later iteration a block of GRPO (or RLOO) steps.
+register_paradigm("iter_grpo", lambda t: "grpo")
+register_paradigm("iter_rloo", lambda t: "rloo")

@@ -3,7 +3,9 @@
 A step kind names a builder (graded samples of M_{t-1} -> training records), the trainer's loss,
 the config section holding its TrainConfig ("sft" or "dpo") and whether the trainer needs the
 reference model M_{t-1}. Built in: "sft" (all correct answers), "dpo" and "rpo" (correct x
-incorrect pairs). "gold_sft" is iteration 1: SFT on the task's gold responses.
+incorrect pairs). "gold_sft" is iteration 1: SFT on the task's gold responses. Online kinds
+("grpo", "rloo") build nothing: their iteration is a block of online RL steps that sample from the
+current policy (`selftrain.train.grpo.rl_block`) with the loop's `rl:` section.
 
 A response counts as correct when its reward is >= 1 (paper A's rewards are binary 0/1).
 """
@@ -131,28 +133,35 @@ class StepKind:
     """One post-training step: build D_t, then `train(loss=loss)` with the `train_section` config."""
 
     name: str
-    build: Builder
+    build: Builder | None  # None for an online kind
     loss: str
-    train_section: str  # "sft" or "dpo": the loop config's TrainConfig section to use
+    train_section: str  # "sft" or "dpo": the loop config's TrainConfig section; "rl" (online kinds)
     needs_reference: bool  # pass ref_model = M_{t-1} to the trainer
-    # TrainConfig fields this step sets over its section (e.g. {"label_smoothing": 0.1}).
+    # Fields this step sets over its section (e.g. {"label_smoothing": 0.1}; {"advantage": "rloo"}).
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    online: bool = False  # an online RL block (rl_block) instead of sample -> build -> train
 
 
 _STEP_KINDS: dict[str, StepKind] = {}
 
 
 def register_step_kind(kind: StepKind, *, replace: bool = False) -> StepKind:
-    if kind.train_section not in ("sft", "dpo"):
+    sections = ("rl",) if kind.online else ("sft", "dpo")
+    if kind.train_section not in sections:
         raise ValueError(
-            f"step kind {kind.name!r}: train_section must be 'sft' or 'dpo', got {kind.train_section!r}"
+            f"step kind {kind.name!r}: train_section must be {' or '.join(map(repr, sections))}"
+            f"{' (an online kind)' if kind.online else ''}, got {kind.train_section!r}"
         )
+    if (kind.build is None) != kind.online:
+        raise ValueError(f"step kind {kind.name!r}: an online kind has no builder, an offline one needs one")
     from ..train.config import TrainConfig
+    from ..train.grpo import RLConfig
 
-    unknown = sorted(set(kind.train_overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    section = RLConfig if kind.online else TrainConfig
+    unknown = sorted(set(kind.train_overrides) - {f.name for f in dataclasses.fields(section)})
     if unknown:
         raise ValueError(
-            f"step kind {kind.name!r}: train_overrides has unknown TrainConfig field(s) {unknown}"
+            f"step kind {kind.name!r}: train_overrides has unknown {section.__name__} field(s) {unknown}"
         )
     if kind.name in _STEP_KINDS and not replace:
         raise ValueError(f"step kind {kind.name!r} is already registered (pass replace=True to override)")
@@ -182,3 +191,7 @@ register_step_kind(
         "rpo", lambda qs, o: build_preference_pairs(qs, o.max_pairs_per_question, o.seed), "rpo", "dpo", True
     )
 )
+# Online RL (docs/rl.md): GRPO as the `rl:` section sets it (Dr. GRPO with rl.advantage=dr_grpo),
+# RLOO with its leave-one-out baseline whatever rl.advantage says.
+register_step_kind(StepKind("grpo", None, "grpo", "rl", False, online=True))
+register_step_kind(StepKind("rloo", None, "rloo", "rl", False, {"advantage": "rloo"}, online=True))

@@ -47,6 +47,7 @@ from .trainer import (
     lr_factor,
 )
 
+REFERENCES = ("previous", "sft", "base")
 # reward(example, completion) -> float; completion is a sampler Completion (text, token_ids, ...)
 Reward = Callable[[Any, Any], float]
 
@@ -73,6 +74,10 @@ class RLConfig(RLLossConfig):
     optim: TrainConfig = field(
         default_factory=lambda: TrainConfig(lr=1e-6, warmup_ratio=0.0, micro_batch_size=8)
     )
+    # The loop's KL reference when beta > 0 (rl_block itself takes the model): "previous" = M_{t-1}
+    # (the iteration's starting policy, GRPO's reference refreshed each round), "sft" = M1,
+    # "base" = M0.
+    reference: str = "previous"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,6 +91,8 @@ class RLConfig(RLLossConfig):
             )
         if not self.temperature > 0:
             raise ValueError(f"RLConfig.temperature={self.temperature}: must be > 0 (RL samples)")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"RLConfig.reference={self.reference!r}: must be one of {', '.join(REFERENCES)}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"RLConfig.top_p={self.top_p}: must be in (0, 1]")
         if isinstance(self.optim, dict):
