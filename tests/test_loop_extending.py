@@ -1,4 +1,4 @@
-"""docs/extending.md's three plugins, run exactly as the page shows them: their own tests, then the
+"""docs/extending.md's four plugins, run exactly as the page shows them: their own tests, then the
 paradigm through the engine (fake sampler and trainer from test_loop_engine)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import test_loop_engine as engine_fakes  # tests/ is on sys.path under pytest
 import selftrain.tasks
 from selftrain.loop import paradigms as paradigms_mod
 from selftrain.loop import steps as steps_mod
+from selftrain.train import grpo as grpo_mod
 
 # The fake sampler / trainer fixtures of the engine tests.
 fakes = engine_fakes.fakes
@@ -27,7 +28,7 @@ BLOCK = re.compile(r"```python\n# file: (?P<path>\S+)\n(?P<body>.*?)```", re.S)
 def plugins(tmp_path, monkeypatch):
     """Write the page's files under tmp_path, import from there, undo every registration after."""
     blocks = {m["path"]: m["body"] for m in BLOCK.finditer(DOC.read_text())}
-    assert len(blocks) == 6, sorted(blocks)
+    assert len(blocks) == 8, sorted(blocks)
     for rel, body in blocks.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(body)
@@ -35,6 +36,7 @@ def plugins(tmp_path, monkeypatch):
     monkeypatch.setattr(paradigms_mod, "_PARADIGMS", dict(paradigms_mod._PARADIGMS))
     monkeypatch.setattr(steps_mod, "_STEP_KINDS", dict(steps_mod._STEP_KINDS))
     monkeypatch.setattr(selftrain.tasks, "_REGISTRY", dict(selftrain.tasks._REGISTRY))
+    monkeypatch.setattr(grpo_mod, "_REWARDS", dict(grpo_mod._REWARDS))
     yield blocks
     for name in [m for m in sys.modules if m == "my_plugins" or m.startswith("my_plugins.")]:
         del sys.modules[name]

@@ -97,3 +97,11 @@ def test_a_block_killed_midway_reruns_to_the_uninterrupted_result(tmp_path):
     for name in ("iter_2/eval/metrics.json", "iter_2/train/result.json"):
         assert json.loads((killed / name).read_text()) == json.loads((whole / name).read_text()), name
     assert [r["step"] for r in _rows(log)] == [1, 2, 3]
+
+
+def test_an_unknown_reward_lists_the_registered_ones():
+    from selftrain.tasks import get_task
+    from selftrain.train.grpo import make_reward
+
+    with pytest.raises(ValueError, match=r"rl.reward='nope': unknown; registered: task"):
+        make_reward("nope", get_task("arith"))

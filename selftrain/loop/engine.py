@@ -455,7 +455,7 @@ class LoopEngine:
         """M_t = a block of online RL steps from M_{t-1} on the training questions, graded by the
         task (rl_block samples from the current policy in process); per-step rows (reward, KL,
         clip fraction, ...) in iter_t/trainer/train_log.jsonl."""
-        from ..train.grpo import rl_block, task_reward
+        from ..train.grpo import make_reward, rl_block
 
         cfg = self.cfg
         base = self._model_of(t - 1)
@@ -466,6 +466,7 @@ class LoopEngine:
             optim=dataclasses.replace(cfg.rl.optim, seed=derive_seed(cfg.seed, t, "train")),
         )
         references = {"previous": base, "sft": self._model_of(1), "base": cfg.model}
+        reward = make_reward(rcfg.reward, self.task)  # an unknown name fails before anything runs
 
         def compute(tmp: Path) -> None:
             from ..models import is_complete_checkpoint
@@ -483,7 +484,7 @@ class LoopEngine:
             )
             try:
                 res = rl_block(
-                    rcfg, base, self.train_examples, self.train_prompts, task_reward(self.task), out_dir,
+                    rcfg, base, self.train_examples, self.train_prompts, reward, out_dir,
                     ref_model=references[rcfg.reference] if rcfg.beta > 0 else None,
                     stop=self.train_stop or (), logger=log,
                 )

@@ -78,6 +78,7 @@ class RLConfig(RLLossConfig):
     # (the iteration's starting policy, GRPO's reference refreshed each round), "sft" = M1,
     # "base" = M0.
     reference: str = "previous"
+    reward: str = "task"  # a registered reward (register_reward): "task" = the task's own grader
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,6 +121,29 @@ class RLConfig(RLLossConfig):
 def task_reward(task: Any) -> Reward:
     """The reward of a task's grader: task.reward(example, completion text)."""
     return lambda example, completion: float(task.reward(example, completion.text))
+
+
+# name -> factory(task) -> Reward; `rl.reward` in a loop config picks one. A user's reward is one
+# file calling register_reward, imported with the config's `plugins=` (docs/extending.md).
+RewardFactory = Callable[[Any], Reward]
+_REWARDS: dict[str, RewardFactory] = {"task": task_reward}
+
+
+def register_reward(name: str, factory: RewardFactory, *, replace: bool = False) -> RewardFactory:
+    """Register `factory(task) -> reward(example, completion) -> float` under `name`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"reward name must be a non-empty string, got {name!r}")
+    if name in _REWARDS and not replace:
+        raise ValueError(f"reward {name!r} is already registered (pass replace=True to override)")
+    _REWARDS[name] = factory
+    return factory
+
+
+def make_reward(name: str, task: Any) -> Reward:
+    """The registered reward `name` for `task` (an unknown name lists the registered ones)."""
+    if name not in _REWARDS:
+        raise ValueError(f"rl.reward={name!r}: unknown; registered: {', '.join(sorted(_REWARDS))}")
+    return _REWARDS[name](task)
 
 
 def _policy_state(scorer: SequenceScorer) -> dict[str, torch.Tensor]:
