@@ -16,6 +16,14 @@ when it exists); both sides use fp32 on CPU; TRL with gradient checkpointing on,
 measured reference. TRL's DPOTrainer keeps a second (reference) model in memory and scores the
 reference every step; selftrain scores the reference once, caches it and frees the model.
 
+GRPO variants (`selftrain-grpo`, `trl-grpo`): whole online steps, sampling included, on the same
+GRPO_PROMPTS arith prompts (chat template applied once, the same text to both), GRPO_GROUP answers
+each of at most GRPO_MAX_NEW tokens at temperature 1, the arith grader as reward, beta 0, one
+update per batch, no gradient checkpointing; selftrain through its sampler with the weights
+refreshed in process (`rl_block`), TRL's GRPOTrainer through HF `generate` (no vLLM). tokens/s =
+completion tokens generated per step (each side counts its own; both may stop at EOS) / step time;
+the weight-sync seconds of selftrain's steps are printed beside it.
+
 LoRA variants (`-lora`: r = 16, alpha = 32, no dropout, every attention and MLP projection) run
 the same batch and token counting: selftrain's adapters through PEFT under its own trainer, and
 TRL's SFTTrainer / DPOTrainer given the same `peft_config` (TRL then scores the reference with
@@ -44,6 +52,7 @@ TRL_REFERENCE = {
     "trl-sft": {"tokens_per_s": 118.0, "peak_gib": 4.1},
     "trl-dpo": {"tokens_per_s": 86.0, "peak_gib": 6.2},
 }
+GRPO_PROMPTS, GRPO_GROUP, GRPO_MAX_NEW = 4, 8, 64
 WORDS = (
     "so the total is the sum of each part and we add them step by step to check the result again "
     "because every number must be counted once"
@@ -201,6 +210,83 @@ def worker_trl(kind: str, records: list[dict], steps: int, model_path: str, extr
     return {"step_s": sum(times) / len(times), "wall_s": wall}
 
 
+def grpo_prompts(tok) -> list[dict]:
+    """GRPO_PROMPTS arith training questions: the rendered prompt text and the answer."""
+    from selftrain.tasks import get_task
+
+    task = get_task("arith", train_size=GRPO_PROMPTS)
+    return [{"prompt": task.prompt(ex, tok), "answer": ex.answer, "id": ex.id} for ex in task.load("train")]
+
+
+def worker_selftrain_grpo(records: list[dict], steps: int, model_path: str) -> dict:
+    from selftrain.tasks import Example, get_task
+    from selftrain.train import TrainConfig
+    from selftrain.train.grpo import RLConfig, read_curve, rl_block, task_reward
+
+    task = get_task("arith")
+    examples = [Example(r["id"], "", r["answer"], {}) for r in records]
+    cfg = RLConfig(
+        steps=steps + 1, prompts_per_step=len(records), group_size=GRPO_GROUP, max_new_tokens=GRPO_MAX_NEW,
+        temperature=1.0, top_p=1.0, beta=0.0,
+        optim=TrainConfig(lr=1e-6, warmup_ratio=0.0, micro_batch_size=GRPO_GROUP, wandb_mode="disabled"),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        rl_block(cfg, model_path, examples, [r["prompt"] for r in records], task_reward(task), tmp)
+        wall = time.perf_counter() - t0
+        curves = {k: read_curve(tmp, k)[1:] for k in ("sample_s", "train_s", "sync_s", "response_length")}
+    step_s = [a + b + c for a, b, c in zip(curves["sample_s"], curves["train_s"], curves["sync_s"])]
+    tokens = [n * len(records) * GRPO_GROUP for n in curves["response_length"]]
+    return {
+        "step_s": sum(step_s) / len(step_s), "wall_s": wall, "tokens_per_step": sum(tokens) / len(tokens),
+        "sync_s": sum(curves["sync_s"]) / len(step_s),
+    }
+
+
+def worker_trl_grpo(records: list[dict], steps: int, model_path: str) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from selftrain.tasks import Example, get_task
+
+    task = get_task("arith")
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    def reward(prompts, completions, answer, **kw):
+        return [task.reward(Example("", "", a, {}), c) for c, a in zip(completions, answer)]
+
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=len(records) * GRPO_GROUP,
+        num_generations=GRPO_GROUP, max_completion_length=GRPO_MAX_NEW, temperature=1.0, top_p=1.0,
+        beta=0.0, loss_type="grpo", learning_rate=1e-6, lr_scheduler_type="constant", max_steps=steps + 1,
+        logging_steps=1,
+        report_to=[], save_strategy="no", use_cpu=True, gradient_checkpointing=False, seed=0,
+        dataloader_num_workers=0,
+    )
+    data = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in records])
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
+                          processing_class=tok, callbacks=[Clock()])
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    times = [b - a for a, b in zip(stamps[0::2], stamps[1::2])][1:]
+    key = "completions/mean_length"
+    lengths = [h[key] for h in trainer.state.log_history if key in h]
+    per_step = [n * len(records) * GRPO_GROUP for n in lengths[1:]]
+    mean = sum(per_step) / len(per_step)
+    return {"step_s": sum(times) / len(times), "wall_s": wall, "tokens_per_step": mean}
+
+
 def _trl_peft_config(extra: dict):
     if "lora" not in extra:
         return None
@@ -227,7 +313,11 @@ def run_worker(spec: dict) -> None:
         import torch
 
         torch.set_num_threads(torch_threads)
-    result = fn(kind, spec["records"], spec["steps"], spec["model_path"], spec.get("extra", {}))
+    if kind == "grpo":
+        grpo = worker_trl_grpo if spec["variant"].startswith("trl") else worker_selftrain_grpo
+        result = grpo(spec["records"], spec["steps"], spec["model_path"])
+    else:
+        result = fn(kind, spec["records"], spec["steps"], spec["model_path"], spec.get("extra", {}))
     result["peak_gib"] = _peak_rss_gib()
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
         result["peak_gpu_gib"] = sys.modules["torch"].cuda.max_memory_allocated() / 2**30
@@ -252,6 +342,9 @@ def _launch(python: str, spec: dict, timeout: int) -> dict:
         json.dump(spec, fh)
     try:
         env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+        # a TRL interpreter without selftrain installed imports the workers' selftrain parts from here
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                          env.get("PYTHONPATH")]))
         proc = subprocess.run(
             [python, __file__, "--worker", fh.name], capture_output=True, text=True, timeout=timeout, env=env
         )
@@ -281,10 +374,11 @@ def variant_spec(
     }
 
 
-def measure(spec: dict, python: str, tokens: int, timeout: int) -> dict:
-    """Run one variant in a fresh `python` process; its result with tokens/s from `tokens` per step."""
+def measure(spec: dict, python: str, tokens: int | None, timeout: int) -> dict:
+    """Run one variant in a fresh `python` process; its result with tokens/s from `tokens` per step
+    (None: the tokens the worker counted itself, as GRPO's generated tokens)."""
     r = _launch(python, spec, timeout)
-    r["tokens_per_s"] = tokens / r["step_s"]
+    r["tokens_per_s"] = (tokens if tokens is not None else r["tokens_per_step"]) / r["step_s"]
     return r
 
 
@@ -314,14 +408,16 @@ def main() -> None:
     model_path = resolve_model_path(MODEL)
     tok = load_tokenizer(model_path)
     sft, pairs = make_data(tok)
-    tokens = {"sft": count_tokens(tok, sft, "sft"), "dpo": count_tokens(tok, pairs, "dpo")}
+    tokens = {"sft": count_tokens(tok, sft, "sft"), "dpo": count_tokens(tok, pairs, "dpo"), "grpo": None}
+    data = {"sft": sft, "dpo": pairs, "grpo": grpo_prompts(tok)}
     trl_py = _trl_python(args.trl_python)
     variants = args.only.split(",") if args.only else [
         "selftrain-sft", "selftrain-sft-ac", "trl-sft", "selftrain-dpo", "selftrain-dpo-ac", "trl-dpo",
         "selftrain-sft-lora", "selftrain-sft-lora-ac", "trl-sft-lora",
         "selftrain-dpo-lora", "selftrain-dpo-lora-ac", "trl-dpo-lora",
+        "selftrain-grpo", "trl-grpo",
     ]
-    micro = {"sft": args.sft_micro, "dpo": args.dpo_micro}
+    micro = {"sft": args.sft_micro, "dpo": args.dpo_micro, "grpo": GRPO_GROUP}
     print(
         f"model {MODEL}, batch {BATCH}, responses {RESPONSE_TOKENS} tokens, max length {MAX_LENGTH}, "
         f"fp32 CPU, {os.cpu_count()} cores; tokens per step: SFT {tokens['sft']}, DPO {tokens['dpo']} "
@@ -347,10 +443,13 @@ def main() -> None:
                 flush=True,
             )
             continue
-        spec = variant_spec(v, sft if kind == "sft" else pairs, args.steps, model_path, micro[kind], args.ac)
+        spec = variant_spec(v, data[kind], args.steps, model_path, micro[kind], args.ac)
         r = measure(spec, trl_py if v.startswith("trl") else sys.executable, tokens[kind], args.timeout)
         results[v] = r
         ref = f", one-off reference pass {r['ref_s']:.1f} s" if r.get("ref_s") else ""
+        if kind == "grpo":
+            sync = f", weight sync {r['sync_s'] * 1000:.0f} ms/step" if "sync_s" in r else ""
+            ref = f", {r['tokens_per_step']:.0f} generated tokens/step{sync}"
         print(
             f"{v:17s} {r['tokens_per_s']:8.1f} tokens/s  peak {r['peak_gib']:.2f} GiB  "
             f"({r['step_s']:.2f} s/step, {r['wall_s']:.0f} s in all{ref})",
@@ -366,6 +465,13 @@ def main() -> None:
                     f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s (target >= {speed_goal}x), "
                     f"{a['peak_gib'] / b['peak_gib']:.2f}x peak memory (target <= {mem_goal}x){tag}"
                 )
+    a, b = results.get("selftrain-grpo"), results.get("trl-grpo")
+    if a and b:
+        print(
+            f"GRPO (whole steps, sampling included): selftrain / TRL = "
+            f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x generated tokens/s (target >= 1.5x), "
+            f"{a['peak_gib'] / b['peak_gib']:.2f}x peak memory (target <= 0.7x)"
+        )
     for kind, goals in (("sft", ""), ("dpo", " (targets >= 1.5x tokens/s, <= 0.7x memory)")):
         for suffix in ("", "-ac"):
             a, b = results.get(f"selftrain-{kind}-lora{suffix}"), results.get(f"trl-{kind}-lora")
