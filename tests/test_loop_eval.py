@@ -92,9 +92,11 @@ class _Sampler:
 
     def __init__(self):
         self.calls = []
+        self.top_ks = []
 
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=512, stop=None, seed=0, **kw):
         self.calls.append((len(prompts), n, temperature, seed))
+        self.top_ks.append(kw.get("top_k", 0))
         out = []
         for p in prompts:
             qid = int(p[1:])
@@ -117,10 +119,11 @@ def test_evaluate_model_uses_the_first_n_samples_and_keeps_the_extra_ones():
         ood_examples=ood,
         ood_prompts=[f"q{i}" for i in range(4)],
     )
-    cfg = EvalSection(n_samples=2, is_ns=[2, 4], semantic=False)
+    cfg = EvalSection(n_samples=2, is_ns=[2, 4], semantic=False, top_k=50)
     sampler = _Sampler()
     out = evaluate_model(sampler, data, cfg, seed=11, extra_samples=4, show_progress=False)
     assert sampler.calls == [(4, 1, 0.0, 11), (4, 4, 0.75, 12), (4, 1, 0.0, 11)]
+    assert sampler.top_ks == [0, 50, 0]  # eval.top_k reaches the sampled answers, not greedy
     m = out.metrics
     assert m["pass@1"] == 0.5 and m["pass@1/level_1"] == 1.0 and m["pass@1/level_2"] == 0.0
     assert m["coverage"] == 0.5 and m["pass@k/2"] == 1.0  # from the first 2 of the 4 samples

@@ -46,10 +46,12 @@ class OODSection:
 
 @dataclass
 class SamplingSection:
-    """On-policy sampling of the training questions (paper A: temperature 0.75, top-p 0.95)."""
+    """On-policy sampling of the training questions (paper A, Table 1: temperature 0.75, top-p
+    0.95, top-k 50; recipes/configs/paper_*.yaml set top_k: 50)."""
 
     temperature: float = 0.75
     top_p: float = 0.95
+    top_k: int = 0  # keep the k most likely tokens before top-p (ties kept); 0 = off
     max_new_tokens: int = 512
 
 
@@ -60,6 +62,7 @@ class EvalSection:
     n_samples: int = 50  # samples per test question: coverage, pass@k, diversity
     temperature: float = 0.75
     top_p: float = 0.95
+    top_k: int = 0  # as sampling.top_k, for the N sampled answers (greedy ignores it)
     max_new_tokens: int = 512  # greedy and sampled answers alike
     # N for M1's pass@N on IS(t). M1 is sampled once with max(is_ns) samples per test question and
     # pass@N on any IS(t) is the unbiased estimate from those samples.
@@ -148,7 +151,8 @@ class LoopConfig:
         check_lora_sections(self)
         check_eval(self.eval)
         check_sampling(
-            self.sampling.temperature, self.sampling.top_p, self.sampling.max_new_tokens, "sampling"
+            self.sampling.temperature, self.sampling.top_p, self.sampling.max_new_tokens, "sampling",
+            self.sampling.top_k,
         )
 
     @property
@@ -192,18 +196,21 @@ def check_positive(obj: Any, *names: str) -> None:
             raise ValueError(f"{name}={value!r}: must be an integer >= 1")
 
 
-def check_sampling(temperature: float, top_p: float, max_new_tokens: int, where: str) -> None:
+def check_sampling(temperature: float, top_p: float, max_new_tokens: int, where: str,
+                   top_k: int = 0) -> None:
     if temperature < 0:
         raise ValueError(f"{where}.temperature={temperature}: must be >= 0")
     if not 0 < top_p <= 1:
         raise ValueError(f"{where}.top_p={top_p}: must be in (0, 1]")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"{where}.top_k={top_k!r}: must be an integer >= 0 (0 = off)")
     if max_new_tokens < 1:
         raise ValueError(f"{where}.max_new_tokens={max_new_tokens}: must be >= 1")
 
 
 def check_eval(section: EvalSection) -> None:
     check_positive(section, "n_samples")
-    check_sampling(section.temperature, section.top_p, section.max_new_tokens, "eval")
+    check_sampling(section.temperature, section.top_p, section.max_new_tokens, "eval", section.top_k)
     if section.temperature == 0:
         raise ValueError("eval.temperature=0: the N-sample metrics need sampling (paper A: 0.75)")
     bad = [n for n in section.is_ns if n < 1]

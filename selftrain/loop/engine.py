@@ -64,6 +64,7 @@ def sample_and_grade(
         n=n,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
+        top_k=sampling.top_k,
         max_new_tokens=sampling.max_new_tokens,
         stop=stop,
         seed=seed,

@@ -216,6 +216,7 @@ def evaluate_model(
         n=n_total,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
+        top_k=cfg.top_k,
         max_new_tokens=cfg.max_new_tokens,
         stop=data.stop,
         seed=seed + 1,

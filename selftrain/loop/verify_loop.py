@@ -190,7 +190,7 @@ class IterVerifyConfig:
                 f"{', '.join(sorted(set(spec.methods) - {GOLD}))} (use filter=gold)"
             )
         s = self.sampling
-        check_sampling(s.temperature, s.top_p, s.max_new_tokens, "sampling")
+        check_sampling(s.temperature, s.top_p, s.max_new_tokens, "sampling", s.top_k)
         if self.sampling.temperature == 0 and self.n_samples > 1:
             raise ValueError("sampling.temperature=0 with n_samples > 1: the N samples would be identical")
         v = self.verify
