@@ -14,7 +14,7 @@ import pytest
 import selftrain.models
 import selftrain.sampler
 import selftrain.train
-from selftrain.loop.config import DataSection, EvalSection, LoopConfig, WandbSection
+from selftrain.loop.config import DataSection, DPOSection, EvalSection, LoopConfig, WandbSection
 from selftrain.loop.engine import ConfigMismatchError, run_loop
 from selftrain.train import TrainConfig, TrainResult
 
@@ -191,6 +191,27 @@ def test_full_run_artifacts_wiring_and_metrics(fakes, tmp_path):
     assert (out / "plots" / "pass_at_1.png").is_file() and (out / "plots" / "is_pass_at_n.png").is_file()
 
 
+@pytest.mark.parametrize("reference", ["previous", "sft", "base"])
+def test_dpo_reference_is_the_configured_model(fakes, no_plots, tmp_path, reference):
+    out = tmp_path / "run"
+    run_loop(make_cfg(out, paradigm="iter_dpo", dpo=DPOSection(lr=2e-7, beta=0.3, reference=reference)),
+             show_progress=False)
+    m1, m2 = (str(out / f"iter_{t}" / "trainer" / "model") for t in (1, 2))
+    want = {"previous": [m1, m2], "sft": [m1, m1], "base": ["fake-base", "fake-base"]}[reference]
+    assert [c["loss"] for c in TRAIN_CALLS] == ["sft", "dpo", "dpo"]
+    assert [c["model"] for c in TRAIN_CALLS[1:]] == [m1, m2]  # each step still starts from M_{t-1}
+    assert [c["ref_model"] for c in TRAIN_CALLS[1:]] == want
+
+
+def test_dpo_reference_is_checked_and_must_be_previous_with_lora(tmp_path):
+    with pytest.raises(ValueError, match="dpo.reference='m1'"):
+        DPOSection(reference="m1")
+    with pytest.raises(ValueError, match="with lora"):
+        make_cfg(tmp_path, dpo=DPOSection(reference="sft"), lora={"r": 4})
+    # a plain TrainConfig in code keeps the default reference
+    assert make_cfg(tmp_path).dpo.reference == "previous"
+
+
 def test_crash_then_rerun_ends_with_the_same_metrics(fakes, no_plots, tmp_path):
     reference = tmp_path / "ref"
     run_loop(make_cfg(reference), show_progress=False)
@@ -247,6 +268,8 @@ def test_rerun_with_other_settings_is_refused(fakes, no_plots, tmp_path):
     run_loop(make_cfg(out, iterations=1), show_progress=False)
     with pytest.raises(ConfigMismatchError, match="seed"):
         run_loop(make_cfg(out, iterations=1, seed=5), show_progress=False)
+    with pytest.raises(ConfigMismatchError, match="dpo.reference"):
+        run_loop(make_cfg(out, iterations=1, dpo=DPOSection(reference="base")), show_progress=False)
 
 
 def test_replicates_resume_and_pool(fakes, no_plots, tmp_path):

@@ -94,6 +94,29 @@ class StatsSection:
         check_stats(self.alpha, self.power_effect, self.resamples, "config")
 
 
+# Which model a DPO / RPO step of the loop compares against (its reference pi_ref).
+DPO_REFERENCES = ("previous", "sft", "base")
+
+
+@dataclass
+class DPOSection(TrainConfig):
+    """The preference steps' training settings (dpo and rpo step kinds), and their reference model.
+
+    reference: previous = M_{t-1}, the model the step starts from (the default: paper A's
+    Algorithm 1 refines M_{t-1} into M_t, and its training code, LLaMA Factory, takes the model it
+    starts from as the DPO reference when none is named; the pi_SFT of its eq. 7, Appendix A.2, is
+    DPO's own notation for that starting policy); sft = M1, the gold-SFT model (pi_SFT read
+    literally as "the SFT model", fixed over iterations); base = M0.
+    """
+
+    reference: str = "previous"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.reference not in DPO_REFERENCES:
+            raise ValueError(f"dpo.reference={self.reference!r}: must be one of {', '.join(DPO_REFERENCES)}")
+
+
 @dataclass
 class WandbSection:
     mode: str = "offline"  # offline | online | disabled (WANDB_MODE in the environment wins)
@@ -122,8 +145,8 @@ class LoopConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     sampler: SamplerSection = field(default_factory=SamplerSection)
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, epochs=3, global_batch_size=128))
-    dpo: TrainConfig = field(
-        default_factory=lambda: TrainConfig(lr=2e-7, epochs=1, global_batch_size=32, beta=0.3)
+    dpo: DPOSection = field(
+        default_factory=lambda: DPOSection(lr=2e-7, epochs=1, global_batch_size=32, beta=0.3)
     )
     wandb: WandbSection = field(default_factory=WandbSection)
     stats: StatsSection = field(default_factory=StatsSection)
@@ -148,7 +171,15 @@ class LoopConfig:
             raise ValueError(
                 f"max_pairs_per_question={self.max_pairs_per_question}: must be >= 1 (or null for all)"
             )
+        if not isinstance(self.dpo, DPOSection):  # a plain TrainConfig given in code
+            fields = dataclasses.fields(TrainConfig)
+            self.dpo = DPOSection(**{f.name: getattr(self.dpo, f.name) for f in fields})
         check_lora_sections(self)
+        if self.lora is not None and self.dpo.reference != "previous":
+            raise ValueError(
+                f"dpo.reference={self.dpo.reference!r} with lora: a LoRA step's reference is the model it "
+                "trains with its adapter disabled, i.e. M_{t-1} (dpo.reference: previous)"
+            )
         check_eval(self.eval)
         check_sampling(
             self.sampling.temperature, self.sampling.top_p, self.sampling.max_new_tokens, "sampling",
@@ -235,16 +266,17 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
         if isinstance(a, dict) and isinstance(b, dict):
             if prefix == "" and key in ("sft", "dpo"):
                 # Trainer settings that do not change the weights may differ (save_every, micro batch...).
-                a = _trajectory(a)
-                b = _trajectory(b)
+                kind = DPOSection if key == "dpo" else TrainConfig
+                a = _trajectory(a, kind)
+                b = _trajectory(b, kind)
             diffs.extend(config_differences(a, b, f"{dotted}."))
         elif a != b:
             diffs.append(dotted)
     return diffs
 
 
-def _trajectory(section: dict[str, Any]) -> dict[str, Any]:
-    keys = TrainConfig(
-        **{k: v for k, v in section.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    )
+def _trajectory(section: dict[str, Any], kind: type[TrainConfig]) -> dict[str, Any]:
+    """The weight-changing settings of a saved section (missing keys take `kind`'s defaults, so a
+    run saved before a key existed still resumes under that key's default)."""
+    keys = kind(**{k: v for k, v in section.items() if k in {f.name for f in dataclasses.fields(kind)}})
     return keys.trajectory_key()

@@ -201,20 +201,22 @@ def skipped_train_result(source: int, reason: str) -> dict[str, Any]:
 
 def train_model(
     tcfg: Any, base: str, data_path: Path, out_dir: Path, step: Any, source: int, name: str,
-    logger: JsonlTrainLogger,
+    logger: JsonlTrainLogger, reference: str | None = None,
 ) -> dict[str, Any]:
     """Train `name` from `base` on data_path into out_dir/model with step kind `step`; returns the
-    train stage's result.json record (the model is now `source`). Collective."""
+    train stage's result.json record (the model is now `source`). A step that needs a reference
+    model gets `reference` (default: `base`, the model it starts from). Collective."""
     from ..train import train
+    from ..train.config import train_config_of
 
     try:
         res = train(
-            tcfg,
+            train_config_of(tcfg),
             model=base,
             data=str(data_path),
             out_dir=str(out_dir),
             loss=step.loss,
-            ref_model=base if step.needs_reference else None,
+            ref_model=(reference or base) if step.needs_reference else None,
             logger=logger,
         )
     finally:
@@ -345,6 +347,11 @@ class LoopEngine:
         source = self._source_of(t)
         return self.cfg.model if source == 0 else str(self.iter_dir(source) / "trainer" / "model")
 
+    def _reference_model(self, t: int) -> str:
+        """The reference of a preference step at iteration t >= 2 (`dpo.reference`)."""
+        which = self.cfg.dpo.reference
+        return self._model_of({"previous": t - 1, "sft": 1, "base": 0}[which])
+
     def sample_stage(self, t: int) -> Path:
         """Sample N answers per training question from M_{t-1} and grade them."""
         cfg = self.cfg
@@ -441,7 +448,8 @@ class LoopEngine:
                     desc=f"train M{t} ({step.loss})",
                     show_progress=self.show_progress,
                 )
-                result = train_model(tcfg, base, data_path, out_dir, step, t, f"M_{t}", log)
+                result = train_model(tcfg, base, data_path, out_dir, step, t, f"M_{t}", log,
+                                     reference=self._reference_model(t) if step.needs_reference else None)
             if dist.is_main():
                 write_json_atomic(tmp / "result.json", result)
 
