@@ -177,6 +177,7 @@ def test_full_run_artifacts_wiring_and_metrics(fakes, tmp_path):
         assert 0 <= r["pass@1"] <= 1 and 0 <= r["coverage"] <= 1
         assert {"pass@k/1", "pass@k/2", "pass@k/4", "ood/accuracy", "ood/level_5", "pass@1/level_3"} <= set(r)
         assert r["pass@k/1"] <= r["pass@k/2"] <= r["pass@k/4"]
+        assert {"maj@k/1", "maj@k/2", "maj@k/4"} <= set(r) and r["maj@k/1"] == pytest.approx(r["coverage"])
         assert "diversity/correct/distinct_n" in r and "diversity/incorrect/equations" in r
     assert rows[3]["pass@1"] > rows[1]["pass@1"]
     assert rows[3]["is/size"] > 0 and 0 <= rows[3]["is/m1_pass@2"] <= rows[3]["is/m1_pass@8"] <= 1
@@ -188,6 +189,12 @@ def test_full_run_artifacts_wiring_and_metrics(fakes, tmp_path):
     assert (out / "iter_1" / "trainer" / "train_log.jsonl").is_file()
     report = (out / "report.md").read_text()
     assert "| `pass@1` |" in report and "since M1" in report and "coverage" in report
+    assert "maj@k/4" in report
+    # maj@k gets a paired verdict with an interval, from details.json's per-question votes
+    maj = next(v for v in json.loads((out / "verdicts.json").read_text())
+               if (v["metric"], v["baseline"], v["model"]) == ("maj@k/4", "M1", "M3"))
+    assert maj["value"] == pytest.approx(rows[3]["maj@k/4"])
+    assert maj["ci_low"] <= maj["delta"] <= maj["ci_high"]
     assert (out / "plots" / "pass_at_1.png").is_file() and (out / "plots" / "is_pass_at_n.png").is_file()
 
 
@@ -328,6 +335,7 @@ def test_evaluate_recipe_reports_paired_verdicts_and_logs_intervals(fakes, no_pl
     evaluate_checkpoints(cfg, show_progress=False)
     rows = rows_of(out)
     assert rows[1]["pass@1/ci_low"] <= rows[1]["pass@1"] <= rows[1]["pass@1/ci_high"]
+    assert rows[1]["maj@k/4/ci_low"] <= rows[1]["maj@k/4"] <= rows[1]["maj@k/4/ci_high"]
     assert "is/m1_pass@2/ci_low" in rows[1] or rows[1]["is/size"] == 0
     report = (out / "report.md").read_text()
     assert "M1 against M0 on the same 12 test questions" in report

@@ -54,7 +54,7 @@ def direction(key: str) -> int:
         return -1
     if key.startswith(_NO_VERDICT_PREFIXES) or key.endswith("/n_questions"):
         return 0
-    if key.startswith(("pass@", "coverage", "diversity/", "ood/")):
+    if key.startswith(("pass@", "maj@", "coverage", "diversity/", "ood/")):
         return 1
     return 0
 
@@ -178,6 +178,10 @@ def load_model_data(eval_dir: Path, name: str, equations: bool = True) -> ModelD
         diversity = _diversity_from_samples(eval_dir, n, equations, out)
     for key, values in (diversity or {}).items():
         out.metrics[key] = Metric("test", stats.mean_statistic(values))
+    for key, values in (d.get("majority") or {}).items():  # maj@k/<k>, per question
+        out.metrics[key] = Metric("test", stats.mean_statistic(values))
+    if d.get("majority") is None:
+        out.unavailable["maj@k/*"] = "details.json predates maj@k (no per-question majority votes)"
 
     ood = d.get("ood_rewards") or []
     if ood:
