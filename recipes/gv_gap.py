@@ -34,6 +34,7 @@ from selftrain.loop.run_folder import claim_run_folder, exit_cleanly, release_ru
 from selftrain.loop.stages import run_stage
 from selftrain.report import RunLogger, write_json_atomic, write_text_atomic
 from selftrain.tasks import get_task
+from selftrain.tasks.common import PROMPT_FORMATS
 from selftrain.verify import get_verifier, parse_filter, verifier_names
 from selftrain.verify.analysis import (
     accuracy,
@@ -68,6 +69,7 @@ class GVGapConfig:
     split: str = ""  # default: the task's evaluation split
     limit: int | None = 8
     shots: int = 0  # worked examples in the generation prompt (paper B: 4)
+    prompt_format: str = "chat"  # chat (template when the tokenizer has one) | fewshot (plain text; paper B)
     n: int = 4  # generations per question (paper B: 128)
     temperature: float = 0.7
     top_p: float = 0.9
@@ -104,6 +106,10 @@ class GVGapConfig:
             raise ConfigError(f"mc_word_probs must be first_token or full, got {self.mc_word_probs!r}")
         if self.n < 1:
             raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(
+                f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}"
+            )
         unknown = [m for m in self.methods if m not in verifier_names()]
         if unknown:
             raise ConfigError(f"methods: unknown {unknown}; choose from {', '.join(verifier_names())}")
@@ -219,7 +225,7 @@ def generate_stage(cfg: GVGapConfig, task: Any, examples: list[Any], cache: _Sam
                    stages: Path) -> dict[str, Any]:
     def compute(folder: Path) -> None:
         sampler = cache.get(generator)
-        prompts = [task.prompt(ex, sampler.tokenizer, cfg.shots) for ex in examples]
+        prompts = [task.prompt(ex, sampler.tokenizer, cfg.shots, cfg.prompt_format) for ex in examples]
         outs = sampler.generate(prompts, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens, stop=list(task.stop), seed=cfg.seed)
         questions = []

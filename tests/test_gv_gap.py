@@ -167,6 +167,11 @@ def test_gv_gap_config_errors(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, "methods=[mc]")  # the default filters shrink to the methods run
     assert cfg.filters == ["mc:top=0.7", "mc:top=0.8", "mc:tau=0.7", "mc:tau=0.8"]
     assert gv_gap.main([f"out_dir={tmp_path}", "n=0"]) == 2
+    with pytest.raises(ConfigError, match="prompt_format"):
+        _cfg(tmp_path, "prompt_format=plain")
+    for path in sorted((Path(gv_gap.__file__).parent / "configs").glob("gv_gap_paper_*.yaml")):
+        paper = parse_cli(gv_gap.GVGapConfig, [f"config={path}"])
+        assert (paper.shots, paper.prompt_format) == (4, "fewshot"), path
 
 
 def _free_port() -> int:

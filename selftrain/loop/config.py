@@ -27,7 +27,18 @@ class DataSection:
     test_split: str = "test"
     train_size: int | None = None  # first N training questions (None = all)
     test_size: int | None = None  # first N test questions (None = all)
-    shots: int = 0  # worked examples in every prompt (paper A: zero-shot)
+    shots: int = 0  # worked examples in every prompt (paper A: zero-shot; paper B: 4-shot)
+    # chat: the tokenizer's chat template when it has one, else plain text; fewshot: plain text
+    # "Question: / Answer:" blocks always (paper B prompts base models lm-eval style). docs/tasks.md
+    prompt_format: str = "chat"
+
+    def __post_init__(self) -> None:
+        from ..tasks.common import PROMPT_FORMATS
+
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"data.prompt_format={self.prompt_format!r}: must be one of {', '.join(PROMPT_FORMATS)}"
+            )
 
 
 @dataclass

@@ -43,10 +43,12 @@ def load_task(name: str, options: dict[str, Any]) -> Any:
     return tasks.get_task(name, **options)
 
 
-def stop_strings_for(task: Any, tokenizer: Any) -> list[str] | None:
+def stop_strings_for(task: Any, tokenizer: Any, prompt_format: str = "chat") -> list[str] | None:
     """Stop strings for sampling answers to `task` (None: stop at EOS only)."""
+    from ..tasks.common import uses_chat_template
+
     # With a chat template the answer ends at EOS; a plain-text prompt needs the task's stop strings.
-    if getattr(tokenizer, "chat_template", None):
+    if uses_chat_template(tokenizer, prompt_format):
         return None
     return list(getattr(task, "stop", ()) or ()) or None
 
@@ -246,8 +248,10 @@ def load_eval_data(task_name: str, task: Any, data: DataSection, ood: OODSection
     out = EvalData(
         task=task,
         examples=examples,
-        prompts=[task.prompt(ex, tokenizer, shots=data.shots) for ex in examples],
-        stop=stop_strings_for(task, tokenizer),
+        prompts=[
+            task.prompt(ex, tokenizer, shots=data.shots, prompt_format=data.prompt_format) for ex in examples
+        ],
+        stop=stop_strings_for(task, tokenizer, data.prompt_format),
         ood_levels=(ood.low_level, ood.high_level),
     )
     if not ood.enabled:
@@ -263,8 +267,11 @@ def load_eval_data(task_name: str, task: Any, data: DataSection, ood: OODSection
     out.ood_task = ood_task
     path = ood.path if ood.path is not None or not same_task else data.path
     out.ood_examples = ood_task.load(ood.split, path=path, limit=ood.size)
-    out.ood_prompts = [ood_task.prompt(ex, tokenizer, shots=data.shots) for ex in out.ood_examples]
-    out.ood_stop = stop_strings_for(ood_task, tokenizer)
+    out.ood_prompts = [
+        ood_task.prompt(ex, tokenizer, shots=data.shots, prompt_format=data.prompt_format)
+        for ex in out.ood_examples
+    ]
+    out.ood_stop = stop_strings_for(ood_task, tokenizer, data.prompt_format)
     return out
 
 
@@ -295,9 +302,10 @@ class LoopEngine:
         if not self.train_examples:
             raise ValueError(f"task {cfg.task!r} split {cfg.data.train_split!r} has no questions")
         self.train_prompts = [
-            self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots) for ex in self.train_examples
+            self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots, prompt_format=cfg.data.prompt_format)
+            for ex in self.train_examples
         ]
-        self.train_stop = stop_strings_for(self.task, self.tokenizer)
+        self.train_stop = stop_strings_for(self.task, self.tokenizer, cfg.data.prompt_format)
         self.eval_data = load_eval_data(cfg.task, self.task, cfg.data, cfg.ood, self.tokenizer)
         self.samplers = SamplerCache(self.tokenizer, cfg.sampler)
         self.logger = RunLogger(

@@ -350,8 +350,11 @@ class IterVerifyEngine:
         self.examples = self.task.load(cfg.data.train_split, path=cfg.data.path, limit=cfg.data.train_size)
         if not self.examples:
             raise ValueError(f"task {cfg.task!r} split {cfg.data.train_split!r} has no questions")
-        self.prompts = [self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots) for ex in self.examples]
-        self.stop = stop_strings_for(self.task, self.tokenizer)
+        self.prompts = [
+            self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots, prompt_format=cfg.data.prompt_format)
+            for ex in self.examples
+        ]
+        self.stop = stop_strings_for(self.task, self.tokenizer, cfg.data.prompt_format)
         self.heldout_data = None
         if cfg.heldout.enabled:
             no_ood = OODSection(enabled=False)
