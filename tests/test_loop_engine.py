@@ -14,7 +14,14 @@ import pytest
 import selftrain.models
 import selftrain.sampler
 import selftrain.train
-from selftrain.loop.config import DataSection, DPOSection, EvalSection, LoopConfig, WandbSection
+from selftrain.loop.config import (
+    DataSection,
+    DPOSection,
+    EvalSection,
+    InterventionSection,
+    LoopConfig,
+    WandbSection,
+)
 from selftrain.loop.engine import ConfigMismatchError, run_loop
 from selftrain.train import TrainConfig, TrainResult
 
@@ -217,6 +224,58 @@ def test_dpo_reference_is_checked_and_must_be_previous_with_lora(tmp_path):
         make_cfg(tmp_path, dpo=DPOSection(reference="sft"), lora={"r": 4})
     # a plain TrainConfig in code keeps the default reference
     assert make_cfg(tmp_path).dpo.reference == "previous"
+
+
+def _records(out: Path, t: int) -> list[dict]:
+    return [json.loads(x) for x in (out / f"iter_{t}" / "build" / "train.jsonl").read_text().splitlines()]
+
+
+def test_interventions_are_off_by_default(fakes, no_plots, tmp_path):
+    out = tmp_path / "run"
+    run_loop(make_cfg(out, paradigm="iter_sft"), show_progress=False)
+    m1, m2 = (str(out / f"iter_{t}" / "trainer" / "model") for t in (1, 2))
+    assert [c["model"] for c in TRAIN_CALLS] == ["fake-base", m1, m2]  # M_t from M_{t-1}
+    gold = {json.dumps(r) for r in _records(out, 1)}
+    assert not gold & {json.dumps(r) for r in _records(out, 2)}  # D_2 alone, no gold records
+    prompts = [r["prompt"] for r in _records(out, 2)]
+    assert len(prompts) > len(set(prompts))  # several correct samples of one question are kept
+
+
+def test_restart_from_base_trains_every_round_from_m0(fakes, no_plots, tmp_path):
+    out = tmp_path / "run"
+    restart = InterventionSection(restart_from_base=True)
+    run_loop(make_cfg(out, paradigm="iter_dpo", interventions=restart), show_progress=False)
+    m1, m2 = (str(out / f"iter_{t}" / "trainer" / "model") for t in (1, 2))
+    assert [c["model"] for c in TRAIN_CALLS] == ["fake-base"] * 3
+    assert [c["ref_model"] for c in TRAIN_CALLS[1:]] == [m1, m2]  # dpo.reference previous: M_{t-1}
+    # the samples still come from M_{t-1}: M2 (version 1) samples differently from M0
+    assert (out / "iter_3" / "sample" / "samples.jsonl").is_file()
+
+
+def test_accumulate_data_trains_on_every_earlier_set_of_the_same_format(fakes, no_plots, tmp_path):
+    out = tmp_path / "run"
+    accumulate = InterventionSection(accumulate_data=True)
+    cfg = make_cfg(out, iterations=4, paradigm="iter_sft_dpo", interventions=accumulate)
+    run_loop(cfg, show_progress=False)
+    key = lambda rows: {json.dumps(r, sort_keys=True) for r in rows}  # noqa: E731
+    d1, d2, d3, d4 = (key(_records(out, t)) for t in (1, 2, 3, 4))
+    # kinds: gold_sft, sft, dpo, sft -> D_2 ⊇ D_1, D_3 only pairs, D_4 ⊇ D_2 (so ⊇ D_1)
+    assert d1 < d2 and d2 < d4
+    assert all("chosen" in json.loads(r) for r in d3)
+    assert len(_records(out, 4)) == len(d4)  # no record twice
+    assert [c["records"] for c in TRAIN_CALLS] == [len(d1), len(d2), len(d3), len(d4)]
+
+
+def test_max_samples_per_question_caps_each_question(fakes, no_plots, tmp_path):
+    out = tmp_path / "run"
+    cap = InterventionSection(max_samples_per_question=1)
+    run_loop(make_cfg(out, paradigm="iter_sft", interventions=cap), show_progress=False)
+    prompts = [r["prompt"] for r in _records(out, 2)]
+    assert prompts and len(prompts) == len(set(prompts))  # at most one correct sample per question
+    with pytest.raises(ValueError, match="max_samples_per_question"):
+        InterventionSection(max_samples_per_question=0)
+    with pytest.raises(ValueError, match="restart_from_base with lora"):
+        make_cfg(tmp_path, interventions=InterventionSection(restart_from_base=True), lora={"r": 4})
 
 
 def test_crash_then_rerun_ends_with_the_same_metrics(fakes, no_plots, tmp_path):

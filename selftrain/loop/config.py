@@ -129,6 +129,32 @@ class DPOSection(TrainConfig):
 
 
 @dataclass
+class InterventionSection:
+    """Changes to Algorithm 1 that the self-training literature uses against collapse; all off by
+    default (paper A's loop). docs/loop.md, "Loop interventions", gives each one's source.
+
+    restart_from_base: train every M_t (t >= 2) from M0 instead of M_{t-1}, on D_t sampled from
+        M_{t-1} (STaR, Zelikman et al. 2022; ReST-EM, Singh et al. 2023).
+    accumulate_data: train on D_1 ∪ ... ∪ D_t (those of the same record format: SFT records with
+        the gold D_1, or DPO / RPO pairs) instead of D_t alone (Gerstgrasser et al. 2024, "Is model
+        collapse inevitable?": accumulating data, rather than replacing it, avoids collapse).
+    max_samples_per_question: m; before D_t is built each question keeps at most m correct and m
+        incorrect samples, distinct reasoning (equations) and distinct wrong final answers first
+        (RFT, Yuan et al. 2023, keeps distinct reasoning paths; paper A names the loss of diversity
+        as its open problem). None = every sample.
+    """
+
+    restart_from_base: bool = False
+    accumulate_data: bool = False
+    max_samples_per_question: int | None = None
+
+    def __post_init__(self) -> None:
+        m = self.max_samples_per_question
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"interventions.max_samples_per_question={m!r}: must be an integer >= 1 or null")
+
+
+@dataclass
 class WandbSection:
     mode: str = "offline"  # offline | online | disabled (WANDB_MODE in the environment wins)
     project: str = "selftrain"
@@ -159,6 +185,7 @@ class LoopConfig:
     dpo: DPOSection = field(
         default_factory=lambda: DPOSection(lr=2e-7, epochs=1, global_batch_size=32, beta=0.3)
     )
+    interventions: InterventionSection = field(default_factory=InterventionSection)
     wandb: WandbSection = field(default_factory=WandbSection)
     stats: StatsSection = field(default_factory=StatsSection)
     # LoRA / QLoRA for every training step (None = full fine-tuning). M_t is then an adapter whose
@@ -186,6 +213,10 @@ class LoopConfig:
             fields = dataclasses.fields(TrainConfig)
             self.dpo = DPOSection(**{f.name: getattr(self.dpo, f.name) for f in fields})
         check_lora_sections(self)
+        if self.lora is not None and self.interventions.restart_from_base:
+            raise ValueError(
+                "interventions.restart_from_base with lora: LoRA chains each M_t as an adapter on M_{t-1}"
+            )
         if self.lora is not None and self.dpo.reference != "previous":
             raise ValueError(
                 f"dpo.reference={self.dpo.reference!r} with lora: a LoRA step's reference is the model it "

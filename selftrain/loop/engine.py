@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +29,7 @@ from .evaluation import EvalData, evaluate_model, grade, improvement_metrics
 from .paradigms import GOLD_SFT, schedule, step_kind
 from .run_folder import claim_run_folder, release_run_folder
 from .stages import run_stage, stage_done
-from .steps import BuildOptions, SampledQuestion, get_step_kind, gold_sft_set, is_correct
+from .steps import BuildOptions, SampledQuestion, get_step_kind, gold_sft_set, is_correct, select_diverse
 
 EVAL_STAGE_SEED = 0  # every model is evaluated with the same seeds: differences come from the models
 
@@ -355,6 +356,18 @@ class LoopEngine:
         source = self._source_of(t)
         return self.cfg.model if source == 0 else str(self.iter_dir(source) / "trainer" / "model")
 
+    def _accumulated(self, t: int, kind: str) -> list[dict[str, Any]]:
+        """D_1 ∪ ... ∪ D_{t-1} of the same record format as `kind`'s: the latest earlier build of
+        that format (it already holds every one before it, accumulation being on for the run)."""
+        def section(k: str) -> str:
+            return "sft" if k == GOLD_SFT else get_step_kind(k).train_section
+
+        for s in range(t - 1, 0, -1):
+            folder = self.iter_dir(s) / "build"
+            if section(read_json(folder / "stats.json")["kind"]) == section(kind):
+                return read_jsonl(folder / "train.jsonl")
+        return []
+
     def _reference_model(self, t: int) -> str:
         """The reference of a preference step at iteration t >= 2 (`dpo.reference`)."""
         which = self.cfg.dpo.reference
@@ -407,7 +420,13 @@ class LoopEngine:
                 options = BuildOptions(
                     seed=derive_seed(cfg.seed, t, "build"), max_pairs_per_question=cfg.max_pairs_per_question
                 )
+                m = cfg.interventions.max_samples_per_question
+                if m is not None:
+                    questions = select_diverse(questions, m, self.task.extract)
                 records = get_step_kind(kind).build(questions, options)
+                if cfg.interventions.accumulate_data:
+                    records = self._accumulated(t, kind) + records
+                    records = list({json.dumps(r, sort_keys=True): r for r in records}.values())
                 used = {r["prompt"] for r in records}
                 questions_used = sum(q.prompt in used for q in questions)
             write_jsonl_atomic(tmp / "train.jsonl", records)
@@ -433,7 +452,8 @@ class LoopEngine:
     def train_stage(self, t: int, kind: str) -> Path:
         """M_t = F_t(M_{t-1} | D_t); an empty D_t keeps M_{t-1}. The trainer resumes by itself."""
         cfg = self.cfg
-        base = self._model_of(t - 1)
+        restart = cfg.interventions.restart_from_base and kind != GOLD_SFT
+        base = self._model_of(0 if restart else t - 1)
         data_path = self.iter_dir(t) / "build" / "train.jsonl"
 
         def compute(tmp: Path) -> None:
