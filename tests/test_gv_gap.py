@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import socket
 import subprocess
@@ -195,3 +196,27 @@ def test_gv_gap_tiny_random_under_two_gloo_processes(tmp_path: Path) -> None:
     assert len(rows) == 3 * 2
     report = json.loads((out / "results.json").read_text())
     assert set(report["rows"][0]["unparseable_rate"]) == {"mc", "cot_binary", "cot_score", "tournament"}
+
+
+def test_gv_gap_flops_from_the_built_in_table_with_a_fitted_slope(tmp_path: Path, scripted) -> None:
+    from scipy.stats import linregress
+
+    from selftrain.verify.flops import pretraining_flops
+
+    factory, _ = scripted
+    models = ["smollm2-135m", "meta-llama/Llama-2-7b-hf", "weak"]  # weak: a verifier that keeps all
+    cfg = _cfg(tmp_path, f"generators=[{','.join(models)}]", "methods=[mc]", "flops={weak: 1.0e19}")
+    report = gv_gap.run(cfg, factory)
+    assert report["flops_source"] == {"smollm2-135m": "built-in", "meta-llama/Llama-2-7b-hf": "built-in",
+                                      "weak": "config"}
+    points = report["flops"]["mc:top=0.8"]
+    assert sorted(f for f, _ in points) == sorted(pretraining_flops(models, {"weak": 1e19}).values())
+    assert len({v for _, v in points}) > 1  # the line is fitted to values that differ
+    fit = report["flops_fit"]["mc:top=0.8"]
+    want = linregress([math.log10(f) for f, _ in points], [v for _, v in points])
+    assert fit["slope"] == pytest.approx(want.slope) and fit["n"] == 3
+    assert fit["slope_ci"][0] <= fit["slope"] <= fit["slope_ci"][1]
+    out = Path(cfg.out_dir)
+    assert (out / "rel_gap_vs_flops.png").stat().st_size > 1000
+    assert "points per decade" in (out / "results.md").read_text()
+    assert json.loads((out / "results.json").read_text())["flops_fit"]["mc:top=0.8"]["n"] == 3

@@ -281,6 +281,34 @@ def gap_intervals(
     }
 
 
+def loglinear_fit(
+    flops: Sequence[float], values: Sequence[float], confidence: float = 0.95
+) -> dict[str, float | int | list[float] | None] | None:
+    """Least-squares line of `values` against log10(`flops`) (paper B, Fig. 1: "the relative gap is
+    linear in the log of the pre-training FLOPs"): slope per decade of FLOPs, intercept, and the
+    t interval of the slope (n - 2 degrees of freedom; None below 3 points, where no spread of the
+    residuals is left). None when fewer than 2 points or all FLOPs are equal. The points are
+    models, not questions: the interval says how well the line is pinned by these models only."""
+    pts = [(math.log10(f), float(v)) for f, v in zip(flops, values) if v is not None and f > 0]
+    if len(pts) < 2 or len({x for x, _ in pts}) < 2:
+        return None
+    x = np.array([p[0] for p in pts])
+    y = np.array([p[1] for p in pts])
+    n = len(pts)
+    dx, dy = x - x.mean(), y - y.mean()
+    sxx, syy = float(dx @ dx), float(dy @ dy)
+    slope = float(dx @ dy) / sxx
+    intercept = float(y.mean()) - slope * float(x.mean())
+    ci = None
+    if n >= 3:
+        residual = y - (intercept + slope * x)
+        se = math.sqrt(float(residual @ residual) / (n - 2) / sxx)
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 2)) * se
+        ci = [slope - half, slope + half]
+    r = float(dx @ dy) / math.sqrt(sxx * syy) if np.ptp(y) > 0 else None  # undefined for equal values
+    return {"slope": slope, "intercept": intercept, "slope_ci": ci, "n": n, "r": r}
+
+
 def check_stats(alpha: object, effect: object, resamples: object, where: str = "config") -> None:
     """Config errors naming the key: alpha in (0, 1), a power effect > 0, >= 100 resamples."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:

@@ -165,14 +165,22 @@ def plot_heatmap(path: str | Path, title: str, generators: Sequence[str], verifi
     return _save(fig, plt, path)
 
 
-def plot_vs_flops(path: str | Path, series: dict[str, list[tuple[float, float | None]]], ylabel: str) -> Path:
-    """Paper B's Fig. 1: a metric (%) against log10 of pre-training FLOPs, one line per filter."""
+def plot_vs_flops(path: str | Path, series: dict[str, list[tuple[float, float | None]]], ylabel: str,
+                  fits: dict[str, dict[str, Any] | None] | None = None) -> Path:
+    """Paper B's Fig. 1: a metric (%) against log10 of pre-training FLOPs, one line of points per
+    filter, and its least-squares line (`metrics.stats.loglinear_fit`) dashed when `fits` has one."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, points in series.items():
         pts = sorted((math.log10(f), 100 * v) for f, v in points if v is not None and f > 0)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="none",
+                              label=label)
+            fit = (fits or {}).get(label)
+            if fit is not None:
+                xs = [pts[0][0], pts[-1][0]]
+                ax.plot(xs, [100 * (fit["intercept"] + fit["slope"] * x) for x in xs], linestyle="--",
+                        color=line.get_color(), label=f"{label}: {100 * fit['slope']:.1f} pts/decade")
     ax.set_xlabel("log10 pre-training FLOPs")
     ax.set_ylabel(ylabel)
     ax.axhline(0.0, color="grey", linewidth=0.8)
