@@ -48,8 +48,10 @@ from selftrain.verify.analysis import (
     markdown_matrix,
     method_correlations,
     plot_heatmap,
+    plot_model_figures,
     plot_vs_flops,
 )
+from selftrain.verify.figures import figure_data
 from selftrain.verify.flops import pretraining_flops
 
 PAPER_FILTERS = [
@@ -309,6 +311,9 @@ def analyse(cfg: GVGapConfig, generations: dict[str, dict[str, Any]],
         if "tournament" in cfg.methods:
             info = scores[(g, v, "tournament")]["info"]
             row["tournament"] = {k: info[k] for k in ("first_wins_rate", "n_comparisons", "rounds_played")}
+        if g == v:  # paper B's per-model figures (Figs. 5, 6, 7, 19) are of self-improvement
+            rounds = max(row.get("tournament", {}).get("rounds_played") or [0])  # per question
+            row["figures"] = figure_data(rewards, by_method, results, int(rounds))
         rows.append(row)
     report: dict[str, Any] = {"config": to_dict(cfg), "filters": {s.text: s.label() for s in specs},
                               "rows": rows}
@@ -400,6 +405,9 @@ def write_outputs(cfg: GVGapConfig, out: Path, report: dict[str, Any], generatio
         images["rel_gap_vs_flops"] = plot_vs_flops(out / "rel_gap_vs_flops.png", series, "relative gap (%)",
                                                    fits)
     specs = [parse_filter(f, cfg.methods) for f in cfg.filters]
+    for r in report["rows"]:
+        if "figures" in r:
+            images.update(plot_model_figures(out, r, report["filters"], slug(r["generator"])))
     metrics: dict[str, Any] = {}
     for r in report["rows"]:
         prefix = f"{r['generator']}|{r['verifier']}"

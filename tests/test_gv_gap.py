@@ -127,6 +127,21 @@ def test_gv_gap_in_process_tables_and_recomputable_rows(tmp_path: Path, scripted
         assert again["gap"] == pytest.approx(row["results"][text]["gap"])
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"][0]["results"]["cot_binary"]["gap"] == pytest.approx(0.5)
+    # paper B's per-model figures (Figs. 5, 6, 7, 19): data in results.json, one PNG each
+    fig = saved["rows"][0]["figures"]
+    assert [r["threshold"] for r in fig["threshold_sweep"]["cot_score:tau"]] == list(range(1, 11))
+    sweep = {r["threshold"]: r["gap"] for r in fig["threshold_sweep"]["cot_score:tau"]}
+    assert sweep[8] == pytest.approx(0.5) and sweep[1] == pytest.approx(0.0)  # tau 1 keeps everything
+    assert [r["threshold"] for r in fig["threshold_sweep"]["mc:top"]][0] == 0.1
+    by_round = fig["tournament_by_round"]
+    assert [r["round"] for r in by_round] == [0, 1, 2] and by_round[0]["filtered_accuracy"] == 0.5
+    assert by_round[2]["filtered_accuracy"] == pytest.approx(1.0)  # the champion is always right
+    steps = by_round[1]["gap_vs_previous"] + by_round[2]["gap_vs_previous"]
+    assert by_round[2]["gap"] == pytest.approx(steps)
+    assert fig["gap_distribution"]["cot_binary"]["mean"] == pytest.approx(0.5)
+    assert fig["gap_accuracy"]["cot_binary"]["n"] == 4
+    for png in ("threshold_sweep", "tournament_rounds", "gap_histogram", "gap_vs_accuracy"):
+        assert (out / f"{png}_strong.png").stat().st_size > 1000, png
     assert made == ["strong"]  # one model load for generation and all four methods
     # resumable: a second run loads no model and gives the same numbers
     made.clear()

@@ -309,6 +309,26 @@ def loglinear_fit(
     return {"slope": slope, "intercept": intercept, "slope_ci": ci, "n": n, "r": r}
 
 
+def pearson_interval(
+    x: Sequence[float], y: Sequence[float], confidence: float = 0.95
+) -> tuple[float | None, list[float] | None]:
+    """Pearson r and its Fisher-z interval (tanh(atanh r ± z / sqrt(n - 3)); None below 4 pairs);
+    r is None when either side is constant. The pairs are taken as independent (one per question)."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(xs) != len(ys):
+        raise ValueError(f"pearson_interval: {len(xs)} x values but {len(ys)} y values")
+    if len(xs) < 2 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return None, None
+    r = float(np.corrcoef(xs, ys)[0, 1])
+    if len(xs) < 4:
+        return r, None
+    if abs(r) >= 1.0:
+        return r, [r, r]
+    half = float(stats.norm.ppf(0.5 + confidence / 2)) / math.sqrt(len(xs) - 3)
+    z = math.atanh(r)
+    return r, [math.tanh(z - half), math.tanh(z + half)]
+
+
 def check_stats(alpha: object, effect: object, resamples: object, where: str = "config") -> None:
     """Config errors naming the key: alpha in (0, 1), a power effect > 0, >= 100 resamples."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
