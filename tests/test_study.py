@@ -61,6 +61,9 @@ def test_study_runs_every_cell_resumes_and_writes_figure_2(fakes, no_plots, tmp_
         assert r["best_iteration"] == best and r["best_pass@1"] == by_t[best]["pass@1"]
         if best != 1:
             assert {x["metric"] for x in r["tests"]} == {"pass@1", "coverage"}
+    for key in ("pass@1", "coverage", "maj@k_4", "pass@k_4", "ood_accuracy"):  # overlaid, with bands
+        assert (out / "curves" / f"{key}.png").stat().st_size > 1000, key
+        assert f"(curves/{key}.png)" in text
     assert (out / "comparison" / "comparison.md").is_file()
     assert "paradigm=iter_dpo" in (out / "comparison" / "comparison.md").read_text()
     assert run_study([*argv, "report_only=true"], show_progress=False) == report  # nothing reruns

@@ -181,6 +181,23 @@ def figure_2_rows(cells: Sequence[tuple[str, LoopConfig]]) -> list[dict[str, Any
     return rows
 
 
+def overlay_curves(cells: Sequence[tuple[str, LoopConfig]], folder: Path) -> dict[str, Path]:
+    """{metric: PNG} of every metric with a verdict direction that some cell logged (pass@1 and its
+    levels, coverage, pass@k, maj@k, diversity, OOD...), one line per cell with its interval band."""
+    from ..report.plots import plot_overlay
+    from ..report.runs import load_run
+    from ..report.summary import direction
+
+    runs = [load_run(cfg.run_dir) for _, cfg in cells]
+    keys = sorted({k for r in runs for k in r.metric_keys() if direction(k) != 0})
+    out = {}
+    for key in keys:
+        path = plot_overlay(runs, key, folder / (re.sub(r"[^A-Za-z0-9_.@-]", "_", key) + ".png"))
+        if path is not None:
+            out[key] = path
+    return out
+
+
 def _num(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}"
 
@@ -198,6 +215,7 @@ def write_study_report(out_dir: Path, cells: Sequence[tuple[str, LoopConfig]]) -
 
     rows = figure_2_rows(cells)
     comparison = report_runs([str(cfg.run_dir) for _, cfg in cells], out_dir / "comparison")
+    curves = overlay_curves(cells, out_dir / "curves")
     alpha = cells[0][1].stats.alpha
     lines = [
         "# Study", "",
@@ -225,6 +243,8 @@ def write_study_report(out_dir: Path, cells: Sequence[tuple[str, LoopConfig]]) -
     lines += ["", "Paper A's reading of M1's coverage (coverage > 0.5: iterative DPO / SFT-DPO did best; "
               "otherwise iterative SFT), per cell:", ""]
     lines += [f"- {r['cell']}: {suggestion(r['m1_coverage'])}" for r in rows]
+    lines += ["", "## Every cell's curves, one plot per metric (shaded: each cell's interval)", ""]
+    lines += [f"![{key}]({path.relative_to(out_dir)})" for key, path in curves.items()]
     write_json_atomic(out_dir / "study_results.json", {"figure_2": rows})
     return write_text_atomic(out_dir / "study.md", "\n".join(lines) + "\n")
 
