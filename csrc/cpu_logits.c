@@ -11,7 +11,11 @@
  * `sample` makes the same selection as selftrain/sampler/sampling.py (the plain-torch reference,
  * used off the CPU and in the tests), row by row, each row on its own:
  *  - temperature 0: the first index of the largest logit;
- *  - otherwise p = softmax(logits / T); the nucleus is every token with p >= tau, tau the
+ *  - top_k > 0 (and < V): only the tokens whose logit is >= the k-th largest logit of the row stay
+ *    (ties at the k-th value all stay), as if the others had logit -inf; the k-th value comes from
+ *    a min-heap of the k largest logits (one pass over the row), and the kept tokens are then the
+ *    candidate set below, exact by construction (no eps bound needed);
+ *  - otherwise p = softmax(logits / T) over the kept tokens; the nucleus is every token with p >= tau, tau the
  *    probability of the last token of the smallest top-probability set reaching top_p (ties at tau
  *    all kept; top_p = 1 keeps everything); the nucleus probabilities are accumulated in token-id
  *    order and the first token whose cumulative mass exceeds u * (nucleus mass) is taken.
@@ -109,6 +113,7 @@ typedef struct {
     float *logprobs;
     int64_t V, row_begin, row_end;
     float temperature, top_p;
+    int64_t top_k;
     int failed;
 } sample_job_t;
 
@@ -171,6 +176,34 @@ static float nucleus_tau(const float *sorted, int64_t n, float top_p) {
     return sorted[(kept > 0 ? kept : 1) - 1];
 }
 
+/* restore the min-heap property of h[0..n) below position i */
+static void sift_down(float *h, int64_t n, int64_t i) {
+    const float x = h[i];
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && h[c + 1] < h[c]) c++;
+        if (!(h[c] < x)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = x;
+}
+
+/* the k-th largest of l[0..V) counted with multiplicity (torch's topk(k).values[-1]), 1 <= k <= V;
+ * heap: k floats of scratch. One pass: a logit enters the heap only when it beats the current
+ * k-th largest, which for LM rows is rare after the first few thousand tokens. */
+static float kth_largest(const float *l, int64_t V, int64_t k, float *heap) {
+    memcpy(heap, l, sizeof(float) * k);
+    for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(heap, k, i);
+    for (int64_t i = k; i < V; i++)
+        if (l[i] > heap[0]) {
+            heap[0] = l[i];
+            sift_down(heap, k, 0);
+        }
+    return heap[0];
+}
+
 static inline ALWAYS_INLINE float hsum8(v8f s) {
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
@@ -198,8 +231,9 @@ static inline ALWAYS_INLINE float prob1(float logit, float m, float scale, float
     return exp8_nonpositive(splat8((logit - m) * scale))[0] / sum;
 }
 
-static inline ALWAYS_INLINE void sample_row(const float *l, int64_t V, float temperature, float top_p, double u,
-                                            int64_t *token, float *logprob, scratch_t *sc) {
+static inline ALWAYS_INLINE void sample_row(const float *l, int64_t V, float temperature, float top_p,
+                                            int64_t top_k, double u, int64_t *token, float *logprob,
+                                            scratch_t *sc) {
     /* pass 1: the largest logit and its first index */
     const int64_t V8 = V / 8 * 8;
     v8f mx = splat8(-INFINITY);
@@ -225,7 +259,25 @@ static inline ALWAYS_INLINE void sample_row(const float *l, int64_t V, float tem
         sum_t = sum_exp(l, V, m, scale);
         int64_t n = -1; /* candidates holding the nucleus, or -1: use the whole row */
         float tau = 0.0f;
-        for (int e = 0; e < NUM_EPS && top_p < 1.0f; e++) {
+        if (top_k > 0 && top_k < V) { /* the candidates are the top-k set, renormalised */
+            const float kth = kth_largest(l, V, top_k, sc->tmp);
+            int64_t c = 0;
+            double kept_sum = 0.0;
+            for (int64_t i = 0; i < V; i++)
+                if (l[i] >= kth) {
+                    sc->ids[c] = (int32_t)i;
+                    sc->probs[c] = prob1(l[i], m, scale, 1.0f);
+                    kept_sum += sc->probs[c++];
+                }
+            const float ksum = (float)kept_sum;
+            for (int64_t k = 0; k < c; k++) sc->probs[k] /= ksum;
+            if (top_p < 1.0f) {
+                sort_descending(sc->probs, sc->sorted, sc->tmp, c);
+                tau = nucleus_tau(sc->sorted, c, top_p);
+            }
+            n = c;
+        }
+        for (int e = 0; e < NUM_EPS && n < 0 && top_p < 1.0f; e++) {
             const float eps = NUCLEUS_EPS[e];
             const float cut = m + temperature * (logf(eps * sum_t) - 1e-3f);
             const v8f vcut = splat8(cut);
@@ -290,8 +342,8 @@ static inline ALWAYS_INLINE void sample_row(const float *l, int64_t V, float tem
 
 static inline ALWAYS_INLINE void sample_rows_impl(sample_job_t *j, scratch_t *sc) {
     for (int64_t r = j->row_begin; r < j->row_end; r++)
-        sample_row(j->logits + r * j->V, j->V, j->temperature, j->top_p, j->uniforms[r], j->tokens + r,
-                   j->logprobs ? j->logprobs + r : NULL, sc);
+        sample_row(j->logits + r * j->V, j->V, j->temperature, j->top_p, j->top_k, j->uniforms[r],
+                   j->tokens + r, j->logprobs ? j->logprobs + r : NULL, sc);
 }
 
 #ifdef HAVE_AVX2_BUILD
@@ -323,20 +375,21 @@ static void *sample_job(void *arg) {
 }
 
 PyDoc_STRVAR(sample_doc,
-             "sample(logits, uniforms, tokens, logprobs, R, V, temperature, top_p, threads)\n\n"
+             "sample(logits, uniforms, tokens, logprobs, R, V, temperature, top_p, top_k, threads)\n\n"
              "Data pointers (ints) of contiguous buffers, see the file header; logprobs may be 0.  "
              "Writes tokens (and logprobs); returns None.");
 
 static PyObject *py_sample(PyObject *self, PyObject *args) {
     unsigned long long logits, uniforms, tokens, logprobs;
-    long long R, V, threads;
+    long long R, V, top_k, threads;
     double temperature, top_p;
-    if (!PyArg_ParseTuple(args, "KKKKLLddL", &logits, &uniforms, &tokens, &logprobs, &R, &V, &temperature,
-                          &top_p, &threads))
+    if (!PyArg_ParseTuple(args, "KKKKLLddLL", &logits, &uniforms, &tokens, &logprobs, &R, &V, &temperature,
+                          &top_p, &top_k, &threads))
         return NULL;
-    if (R < 0 || V < 1 || V > INT32_MAX || !(temperature >= 0.0) || !(top_p > 0.0 && top_p <= 1.0)) {
+    if (R < 0 || V < 1 || V > INT32_MAX || !(temperature >= 0.0) || !(top_p > 0.0 && top_p <= 1.0) ||
+        top_k < 0) {
         PyErr_SetString(PyExc_ValueError, "sample: need R >= 0, 1 <= V < 2^31, temperature >= 0, "
-                                          "0 < top_p <= 1");
+                                          "0 < top_p <= 1, top_k >= 0");
         return NULL;
     }
     if (threads > R) threads = R;
@@ -351,7 +404,7 @@ static PyObject *py_sample(PyObject *self, PyObject *args) {
         j->uniforms = (const double *)(uintptr_t)uniforms;
         j->tokens = (int64_t *)(uintptr_t)tokens;
         j->logprobs = (float *)(uintptr_t)logprobs;
-        j->V = V, j->temperature = (float)temperature, j->top_p = (float)top_p, j->failed = 0;
+        j->V = V, j->temperature = (float)temperature, j->top_p = (float)top_p, j->top_k = top_k, j->failed = 0;
         j->row_begin = R * t / threads;
         j->row_end = R * (t + 1) / threads;
     }
@@ -370,7 +423,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "_cpu_logits",
-    "From the LM head's output to next tokens on CPU (fp32): transposition and top-p sampling.", -1, methods,
+    "From the LM head's output to next tokens on CPU (fp32): transposition and top-k / top-p sampling.", -1, methods,
 };
 
 #ifdef HAVE_AVX2_BUILD

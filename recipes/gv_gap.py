@@ -15,7 +15,8 @@ Outputs in out_dir (rank 0 writes; files are atomic; each stage is resumable):
   responses.jsonl   one row per (generator, verifier, question, response): reward and every score
   results.json      all numbers: tables, unparseable rates, histograms, correlations, matrices
   results.md        paper B's tables 3/4 (+ cross-verification matrices), also printed
-  cross_<filter>.png (several generators/verifiers), rel_gap_vs_flops.png (flops given), W&B run.
+  cross_<filter>.png (several generators/verifiers), rel_gap_vs_flops.png (2+ generators with known
+  pre-training FLOPs: selftrain/verify/flops.py or `flops:`; points and fitted line), W&B run.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from selftrain import dist
 from selftrain.config import ConfigError, parse_cli, to_dict
 from selftrain.loop.run_folder import claim_run_folder, exit_cleanly, release_run_folder
 from selftrain.loop.stages import run_stage
+from selftrain.metrics.stats import loglinear_fit
 from selftrain.report import RunLogger, write_json_atomic, write_text_atomic
 from selftrain.tasks import get_task
+from selftrain.tasks.common import PROMPT_FORMATS
 from selftrain.verify import get_verifier, parse_filter, verifier_names
 from selftrain.verify.analysis import (
     accuracy,
@@ -45,8 +48,11 @@ from selftrain.verify.analysis import (
     markdown_matrix,
     method_correlations,
     plot_heatmap,
+    plot_model_figures,
     plot_vs_flops,
 )
+from selftrain.verify.figures import figure_data
+from selftrain.verify.flops import pretraining_flops
 
 PAPER_FILTERS = [
     "mc:top=0.7", "mc:top=0.8", "mc:tau=0.7", "mc:tau=0.8", "cot_binary", "cot_score:tau=8",
@@ -68,6 +74,7 @@ class GVGapConfig:
     split: str = ""  # default: the task's evaluation split
     limit: int | None = 8
     shots: int = 0  # worked examples in the generation prompt (paper B: 4)
+    prompt_format: str = "chat"  # chat (template when the tokenizer has one) | fewshot (plain text; paper B)
     n: int = 4  # generations per question (paper B: 128)
     temperature: float = 0.7
     top_p: float = 0.9
@@ -104,6 +111,10 @@ class GVGapConfig:
             raise ConfigError(f"mc_word_probs must be first_token or full, got {self.mc_word_probs!r}")
         if self.n < 1:
             raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(
+                f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}"
+            )
         unknown = [m for m in self.methods if m not in verifier_names()]
         if unknown:
             raise ConfigError(f"methods: unknown {unknown}; choose from {', '.join(verifier_names())}")
@@ -121,7 +132,7 @@ class GVGapConfig:
         if not self.filters:
             raise ConfigError(f"filters: none given for the methods {self.methods} (e.g. mc:top=0.8)")
         plotted = (self.cross_filters if len(self.generator_list) > 1 or len(self.verifier_list) > 1 else [])
-        plotted = plotted + (self.flops_filters if self.flops else [])
+        plotted = plotted + self.flops_filters  # FLOPs may come from the built-in table
         for text in plotted:
             if text not in self.filters:
                 self.filters.append(text)  # every plotted filter is also tabulated
@@ -219,7 +230,7 @@ def generate_stage(cfg: GVGapConfig, task: Any, examples: list[Any], cache: _Sam
                    stages: Path) -> dict[str, Any]:
     def compute(folder: Path) -> None:
         sampler = cache.get(generator)
-        prompts = [task.prompt(ex, sampler.tokenizer, cfg.shots) for ex in examples]
+        prompts = [task.prompt(ex, sampler.tokenizer, cfg.shots, cfg.prompt_format) for ex in examples]
         outs = sampler.generate(prompts, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens, stop=list(task.stop), seed=cfg.seed)
         questions = []
@@ -300,6 +311,9 @@ def analyse(cfg: GVGapConfig, generations: dict[str, dict[str, Any]],
         if "tournament" in cfg.methods:
             info = scores[(g, v, "tournament")]["info"]
             row["tournament"] = {k: info[k] for k in ("first_wins_rate", "n_comparisons", "rounds_played")}
+        if g == v:  # paper B's per-model figures (Figs. 5, 6, 7, 19) are of self-improvement
+            rounds = max(row.get("tournament", {}).get("rounds_played") or [0])  # per question
+            row["figures"] = figure_data(rewards, by_method, results, int(rounds))
         rows.append(row)
     report: dict[str, Any] = {"config": to_dict(cfg), "filters": {s.text: s.label() for s in specs},
                               "rows": rows}
@@ -309,14 +323,16 @@ def analyse(cfg: GVGapConfig, generations: dict[str, dict[str, Any]],
             gens, vers, matrix = cross_matrix(rows, text)
             report["cross"][text] = {"generators": gens, "verifiers": vers, "gap": matrix}
     self_rows = [r for r in rows if r["generator"] == r["verifier"]]
-    flops_points = {r["generator"]: cfg.flops[r["generator"]] for r in self_rows
-                    if r["generator"] in cfg.flops}
+    flops_points = pretraining_flops([r["generator"] for r in self_rows], cfg.flops)
     if len(flops_points) >= 2:
         report["flops"] = {
             text: [(flops_points[r["generator"]], r["results"][text]["relative_gap"])
                    for r in self_rows if r["generator"] in flops_points]
             for text in cfg.flops_filters
         }
+        report["flops_source"] = {m: "config" if m in cfg.flops else "built-in" for m in flops_points}
+        report["flops_fit"] = {text: loglinear_fit([f for f, _ in pts], [v for _, v in pts])
+                               for text, pts in report["flops"].items()}
     return report
 
 
@@ -347,6 +363,15 @@ def markdown_report(cfg: GVGapConfig, report: dict[str, Any]) -> str:
         parts.append(f"Pearson of per-question gaps between filters ({r['generator']} / {r['verifier']}): "
                      f"{gaps or 'none defined'}" + (f" ({undefined} pairs undefined: a constant side)"
                                                     if undefined else "") + "\n")
+    for text, fit in report.get("flops_fit", {}).items():
+        if fit is None:
+            continue
+        ci = fit["slope_ci"]
+        ci_text = f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else " (no interval below 3 models)"
+        parts.append(f"Relative gap vs log10 pre-training FLOPs, {report['filters'][text]}: slope "
+                     f"{100 * fit['slope']:.2f} points per decade{ci_text}, r = "
+                     f"{'n/a' if fit['r'] is None else format(fit['r'], '.3f')}, "
+                     f"{fit['n']} models\n")
     for text, cross in report.get("cross", {}).items():
         parts.append(markdown_matrix(f"Cross-verification gap (%), {report['filters'][text]}",
                                      cross["generators"], cross["verifiers"], cross["gap"]))
@@ -376,8 +401,13 @@ def write_outputs(cfg: GVGapConfig, out: Path, report: dict[str, Any], generatio
                                                cross["generators"], cross["verifiers"], cross["gap"])
     if "flops" in report:
         series = {report["filters"][t]: pts for t, pts in report["flops"].items()}
-        images["rel_gap_vs_flops"] = plot_vs_flops(out / "rel_gap_vs_flops.png", series, "relative gap (%)")
+        fits = {report["filters"][t]: fit for t, fit in report["flops_fit"].items()}
+        images["rel_gap_vs_flops"] = plot_vs_flops(out / "rel_gap_vs_flops.png", series, "relative gap (%)",
+                                                   fits)
     specs = [parse_filter(f, cfg.methods) for f in cfg.filters]
+    for r in report["rows"]:
+        if "figures" in r:
+            images.update(plot_model_figures(out, r, report["filters"], slug(r["generator"])))
     metrics: dict[str, Any] = {}
     for r in report["rows"]:
         prefix = f"{r['generator']}|{r['verifier']}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import socket
 import subprocess
@@ -126,6 +127,21 @@ def test_gv_gap_in_process_tables_and_recomputable_rows(tmp_path: Path, scripted
         assert again["gap"] == pytest.approx(row["results"][text]["gap"])
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"][0]["results"]["cot_binary"]["gap"] == pytest.approx(0.5)
+    # paper B's per-model figures (Figs. 5, 6, 7, 19): data in results.json, one PNG each
+    fig = saved["rows"][0]["figures"]
+    assert [r["threshold"] for r in fig["threshold_sweep"]["cot_score:tau"]] == list(range(1, 11))
+    sweep = {r["threshold"]: r["gap"] for r in fig["threshold_sweep"]["cot_score:tau"]}
+    assert sweep[8] == pytest.approx(0.5) and sweep[1] == pytest.approx(0.0)  # tau 1 keeps everything
+    assert [r["threshold"] for r in fig["threshold_sweep"]["mc:top"]][0] == 0.1
+    by_round = fig["tournament_by_round"]
+    assert [r["round"] for r in by_round] == [0, 1, 2] and by_round[0]["filtered_accuracy"] == 0.5
+    assert by_round[2]["filtered_accuracy"] == pytest.approx(1.0)  # the champion is always right
+    steps = by_round[1]["gap_vs_previous"] + by_round[2]["gap_vs_previous"]
+    assert by_round[2]["gap"] == pytest.approx(steps)
+    assert fig["gap_distribution"]["cot_binary"]["mean"] == pytest.approx(0.5)
+    assert fig["gap_accuracy"]["cot_binary"]["n"] == 4
+    for png in ("threshold_sweep", "tournament_rounds", "gap_histogram", "gap_vs_accuracy"):
+        assert (out / f"{png}_strong.png").stat().st_size > 1000, png
     assert made == ["strong"]  # one model load for generation and all four methods
     # resumable: a second run loads no model and gives the same numbers
     made.clear()
@@ -167,6 +183,11 @@ def test_gv_gap_config_errors(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, "methods=[mc]")  # the default filters shrink to the methods run
     assert cfg.filters == ["mc:top=0.7", "mc:top=0.8", "mc:tau=0.7", "mc:tau=0.8"]
     assert gv_gap.main([f"out_dir={tmp_path}", "n=0"]) == 2
+    with pytest.raises(ConfigError, match="prompt_format"):
+        _cfg(tmp_path, "prompt_format=plain")
+    for path in sorted((Path(gv_gap.__file__).parent / "configs").glob("gv_gap_paper_*.yaml")):
+        paper = parse_cli(gv_gap.GVGapConfig, [f"config={path}"])
+        assert (paper.shots, paper.prompt_format) == (4, "fewshot"), path
 
 
 def _free_port() -> int:
@@ -190,3 +211,27 @@ def test_gv_gap_tiny_random_under_two_gloo_processes(tmp_path: Path) -> None:
     assert len(rows) == 3 * 2
     report = json.loads((out / "results.json").read_text())
     assert set(report["rows"][0]["unparseable_rate"]) == {"mc", "cot_binary", "cot_score", "tournament"}
+
+
+def test_gv_gap_flops_from_the_built_in_table_with_a_fitted_slope(tmp_path: Path, scripted) -> None:
+    from scipy.stats import linregress
+
+    from selftrain.verify.flops import pretraining_flops
+
+    factory, _ = scripted
+    models = ["smollm2-135m", "meta-llama/Llama-2-7b-hf", "weak"]  # weak: a verifier that keeps all
+    cfg = _cfg(tmp_path, f"generators=[{','.join(models)}]", "methods=[mc]", "flops={weak: 1.0e19}")
+    report = gv_gap.run(cfg, factory)
+    assert report["flops_source"] == {"smollm2-135m": "built-in", "meta-llama/Llama-2-7b-hf": "built-in",
+                                      "weak": "config"}
+    points = report["flops"]["mc:top=0.8"]
+    assert sorted(f for f, _ in points) == sorted(pretraining_flops(models, {"weak": 1e19}).values())
+    assert len({v for _, v in points}) > 1  # the line is fitted to values that differ
+    fit = report["flops_fit"]["mc:top=0.8"]
+    want = linregress([math.log10(f) for f, _ in points], [v for _, v in points])
+    assert fit["slope"] == pytest.approx(want.slope) and fit["n"] == 3
+    assert fit["slope_ci"][0] <= fit["slope"] <= fit["slope_ci"][1]
+    out = Path(cfg.out_dir)
+    assert (out / "rel_gap_vs_flops.png").stat().st_size > 1000
+    assert "points per decade" in (out / "results.md").read_text()
+    assert json.loads((out / "results.json").read_text())["flops_fit"]["mc:top=0.8"]["n"] == 3

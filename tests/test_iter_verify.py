@@ -356,6 +356,8 @@ def test_yaml_configs_parse():
     for path in sorted((REPO / "recipes" / "configs").glob("iter_verify_*.yaml")):
         cfg = parse_cli(IterVerifyConfig, [f"config={path}"])
         assert cfg.methods, path
+        if "_paper_" in path.name:  # paper B: plain 4-shot prompts for base models
+            assert (cfg.data.shots, cfg.data.prompt_format) == (4, "fewshot"), path
 
 
 def test_optional_heldout_evaluation_of_every_model(fakes, tmp_path):

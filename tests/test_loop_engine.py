@@ -14,7 +14,14 @@ import pytest
 import selftrain.models
 import selftrain.sampler
 import selftrain.train
-from selftrain.loop.config import DataSection, EvalSection, LoopConfig, WandbSection
+from selftrain.loop.config import (
+    DataSection,
+    DPOSection,
+    EvalSection,
+    InterventionSection,
+    LoopConfig,
+    WandbSection,
+)
 from selftrain.loop.engine import ConfigMismatchError, run_loop
 from selftrain.train import TrainConfig, TrainResult
 
@@ -177,6 +184,7 @@ def test_full_run_artifacts_wiring_and_metrics(fakes, tmp_path):
         assert 0 <= r["pass@1"] <= 1 and 0 <= r["coverage"] <= 1
         assert {"pass@k/1", "pass@k/2", "pass@k/4", "ood/accuracy", "ood/level_5", "pass@1/level_3"} <= set(r)
         assert r["pass@k/1"] <= r["pass@k/2"] <= r["pass@k/4"]
+        assert {"maj@k/1", "maj@k/2", "maj@k/4"} <= set(r) and r["maj@k/1"] == pytest.approx(r["coverage"])
         assert "diversity/correct/distinct_n" in r and "diversity/incorrect/equations" in r
     assert rows[3]["pass@1"] > rows[1]["pass@1"]
     assert rows[3]["is/size"] > 0 and 0 <= rows[3]["is/m1_pass@2"] <= rows[3]["is/m1_pass@8"] <= 1
@@ -188,7 +196,86 @@ def test_full_run_artifacts_wiring_and_metrics(fakes, tmp_path):
     assert (out / "iter_1" / "trainer" / "train_log.jsonl").is_file()
     report = (out / "report.md").read_text()
     assert "| `pass@1` |" in report and "since M1" in report and "coverage" in report
+    assert "maj@k/4" in report
+    # maj@k gets a paired verdict with an interval, from details.json's per-question votes
+    maj = next(v for v in json.loads((out / "verdicts.json").read_text())
+               if (v["metric"], v["baseline"], v["model"]) == ("maj@k/4", "M1", "M3"))
+    assert maj["value"] == pytest.approx(rows[3]["maj@k/4"])
+    assert maj["ci_low"] <= maj["delta"] <= maj["ci_high"]
     assert (out / "plots" / "pass_at_1.png").is_file() and (out / "plots" / "is_pass_at_n.png").is_file()
+
+
+@pytest.mark.parametrize("reference", ["previous", "sft", "base"])
+def test_dpo_reference_is_the_configured_model(fakes, no_plots, tmp_path, reference):
+    out = tmp_path / "run"
+    run_loop(make_cfg(out, paradigm="iter_dpo", dpo=DPOSection(lr=2e-7, beta=0.3, reference=reference)),
+             show_progress=False)
+    m1, m2 = (str(out / f"iter_{t}" / "trainer" / "model") for t in (1, 2))
+    want = {"previous": [m1, m2], "sft": [m1, m1], "base": ["fake-base", "fake-base"]}[reference]
+    assert [c["loss"] for c in TRAIN_CALLS] == ["sft", "dpo", "dpo"]
+    assert [c["model"] for c in TRAIN_CALLS[1:]] == [m1, m2]  # each step still starts from M_{t-1}
+    assert [c["ref_model"] for c in TRAIN_CALLS[1:]] == want
+
+
+def test_dpo_reference_is_checked_and_must_be_previous_with_lora(tmp_path):
+    with pytest.raises(ValueError, match="dpo.reference='m1'"):
+        DPOSection(reference="m1")
+    with pytest.raises(ValueError, match="with lora"):
+        make_cfg(tmp_path, dpo=DPOSection(reference="sft"), lora={"r": 4})
+    # a plain TrainConfig in code keeps the default reference
+    assert make_cfg(tmp_path).dpo.reference == "previous"
+
+
+def _records(out: Path, t: int) -> list[dict]:
+    return [json.loads(x) for x in (out / f"iter_{t}" / "build" / "train.jsonl").read_text().splitlines()]
+
+
+def test_interventions_are_off_by_default(fakes, no_plots, tmp_path):
+    out = tmp_path / "run"
+    run_loop(make_cfg(out, paradigm="iter_sft"), show_progress=False)
+    m1, m2 = (str(out / f"iter_{t}" / "trainer" / "model") for t in (1, 2))
+    assert [c["model"] for c in TRAIN_CALLS] == ["fake-base", m1, m2]  # M_t from M_{t-1}
+    gold = {json.dumps(r) for r in _records(out, 1)}
+    assert not gold & {json.dumps(r) for r in _records(out, 2)}  # D_2 alone, no gold records
+    prompts = [r["prompt"] for r in _records(out, 2)]
+    assert len(prompts) > len(set(prompts))  # several correct samples of one question are kept
+
+
+def test_restart_from_base_trains_every_round_from_m0(fakes, no_plots, tmp_path):
+    out = tmp_path / "run"
+    restart = InterventionSection(restart_from_base=True)
+    run_loop(make_cfg(out, paradigm="iter_dpo", interventions=restart), show_progress=False)
+    m1, m2 = (str(out / f"iter_{t}" / "trainer" / "model") for t in (1, 2))
+    assert [c["model"] for c in TRAIN_CALLS] == ["fake-base"] * 3
+    assert [c["ref_model"] for c in TRAIN_CALLS[1:]] == [m1, m2]  # dpo.reference previous: M_{t-1}
+    # the samples still come from M_{t-1}: M2 (version 1) samples differently from M0
+    assert (out / "iter_3" / "sample" / "samples.jsonl").is_file()
+
+
+def test_accumulate_data_trains_on_every_earlier_set_of_the_same_format(fakes, no_plots, tmp_path):
+    out = tmp_path / "run"
+    accumulate = InterventionSection(accumulate_data=True)
+    cfg = make_cfg(out, iterations=4, paradigm="iter_sft_dpo", interventions=accumulate)
+    run_loop(cfg, show_progress=False)
+    key = lambda rows: {json.dumps(r, sort_keys=True) for r in rows}  # noqa: E731
+    d1, d2, d3, d4 = (key(_records(out, t)) for t in (1, 2, 3, 4))
+    # kinds: gold_sft, sft, dpo, sft -> D_2 ⊇ D_1, D_3 only pairs, D_4 ⊇ D_2 (so ⊇ D_1)
+    assert d1 < d2 and d2 < d4
+    assert all("chosen" in json.loads(r) for r in d3)
+    assert len(_records(out, 4)) == len(d4)  # no record twice
+    assert [c["records"] for c in TRAIN_CALLS] == [len(d1), len(d2), len(d3), len(d4)]
+
+
+def test_max_samples_per_question_caps_each_question(fakes, no_plots, tmp_path):
+    out = tmp_path / "run"
+    cap = InterventionSection(max_samples_per_question=1)
+    run_loop(make_cfg(out, paradigm="iter_sft", interventions=cap), show_progress=False)
+    prompts = [r["prompt"] for r in _records(out, 2)]
+    assert prompts and len(prompts) == len(set(prompts))  # at most one correct sample per question
+    with pytest.raises(ValueError, match="max_samples_per_question"):
+        InterventionSection(max_samples_per_question=0)
+    with pytest.raises(ValueError, match="restart_from_base with lora"):
+        make_cfg(tmp_path, interventions=InterventionSection(restart_from_base=True), lora={"r": 4})
 
 
 def test_crash_then_rerun_ends_with_the_same_metrics(fakes, no_plots, tmp_path):
@@ -247,6 +334,8 @@ def test_rerun_with_other_settings_is_refused(fakes, no_plots, tmp_path):
     run_loop(make_cfg(out, iterations=1), show_progress=False)
     with pytest.raises(ConfigMismatchError, match="seed"):
         run_loop(make_cfg(out, iterations=1, seed=5), show_progress=False)
+    with pytest.raises(ConfigMismatchError, match="dpo.reference"):
+        run_loop(make_cfg(out, iterations=1, dpo=DPOSection(reference="base")), show_progress=False)
 
 
 def test_replicates_resume_and_pool(fakes, no_plots, tmp_path):
@@ -306,6 +395,7 @@ def test_evaluate_recipe_reports_paired_verdicts_and_logs_intervals(fakes, no_pl
     evaluate_checkpoints(cfg, show_progress=False)
     rows = rows_of(out)
     assert rows[1]["pass@1/ci_low"] <= rows[1]["pass@1"] <= rows[1]["pass@1/ci_high"]
+    assert rows[1]["maj@k/4/ci_low"] <= rows[1]["maj@k/4"] <= rows[1]["maj@k/4/ci_high"]
     assert "is/m1_pass@2/ci_low" in rows[1] or rows[1]["is/size"] == 0
     report = (out / "report.md").read_text()
     assert "M1 against M0 on the same 12 test questions" in report

@@ -86,15 +86,20 @@ class _Task:
     def reward(self, ex, response):
         return 1.0 if response == f"ok {ex.id}" else 0.0
 
+    def extract(self, response):
+        return response.split()[-1] if response.startswith("ok") else "wrong"
+
 
 class _Sampler:
     """Greedy: right on even ids. Sample j: right when j is even (so 1 of 2, 2 of 4...)."""
 
     def __init__(self):
         self.calls = []
+        self.top_ks = []
 
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=512, stop=None, seed=0, **kw):
         self.calls.append((len(prompts), n, temperature, seed))
+        self.top_ks.append(kw.get("top_k", 0))
         out = []
         for p in prompts:
             qid = int(p[1:])
@@ -117,13 +122,17 @@ def test_evaluate_model_uses_the_first_n_samples_and_keeps_the_extra_ones():
         ood_examples=ood,
         ood_prompts=[f"q{i}" for i in range(4)],
     )
-    cfg = EvalSection(n_samples=2, is_ns=[2, 4], semantic=False)
+    cfg = EvalSection(n_samples=2, is_ns=[2, 4], semantic=False, top_k=50)
     sampler = _Sampler()
     out = evaluate_model(sampler, data, cfg, seed=11, extra_samples=4, show_progress=False)
     assert sampler.calls == [(4, 1, 0.0, 11), (4, 4, 0.75, 12), (4, 1, 0.0, 11)]
+    assert sampler.top_ks == [0, 50, 0]  # eval.top_k reaches the sampled answers, not greedy
     m = out.metrics
     assert m["pass@1"] == 0.5 and m["pass@1/level_1"] == 1.0 and m["pass@1/level_2"] == 0.0
     assert m["coverage"] == 0.5 and m["pass@k/2"] == 1.0  # from the first 2 of the 4 samples
+    # maj@k: answers "<id>" (right) and "wrong" alternate; k = 2 ties, the first (right) one wins
+    assert m["maj@k/1"] == 0.5 and m["maj@k/2"] == 1.0
+    assert out.details["majority"] == {"maj@k/1": [0.5] * 4, "maj@k/2": [1.0] * 4}
     assert m["ood/accuracy"] == 0.5 and m["ood/group_disparity"] == pytest.approx(0.0)
     assert out.details["sample_correct"] == [1, 1, 1, 1] and out.details["extra_correct"] == [2, 2, 2, 2]
     assert out.details["extra_n"] == 4 and out.details["greedy_rewards"] == [1.0, 0.0, 1.0, 0.0]

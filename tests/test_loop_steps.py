@@ -218,6 +218,37 @@ def test_shipped_configs_parse(name):
             3,
             0.03,
         )
-        assert (cfg.dpo.lr, cfg.dpo.global_batch_size, cfg.dpo.beta, cfg.dpo.epochs) == (2e-7, 32, 0.3, 1)
+        # LLaMA2-7B in Table 1 (the task files; paper_a_model/ holds the other two models)
+        assert (cfg.dpo.lr, cfg.dpo.global_batch_size, cfg.dpo.beta, cfg.dpo.epochs) == (2e-6, 32, 0.3, 1)
         assert cfg.eval.is_ns == [2, 4, 8, 16, 32, 64]
     assert cfg.ood.enabled == (name in ("default", "paper_gsm8k"))
+
+
+def test_select_diverse_keeps_m_per_side_distinct_reasoning_and_answers_first():
+    from selftrain.loop.steps import select_diverse
+
+    q = SampledQuestion(
+        "q1",
+        "P",
+        [
+            "2 + 3 = 5. The answer is 5.",  # correct, equations (2+3=5)
+            "2 + 3 = 5. So the answer is 5.",  # correct, same equations: a repeat of the reasoning
+            "2 + 3 = 5. The answer is 5.",  # identical duplicate
+            "1 + 4 = 5. The answer is 5.",  # correct, new equations
+            "The answer is 7.",  # wrong, answer 7
+            "I think the answer is 7.",  # wrong, answer 7 again
+            "The answer is 9.",  # wrong, answer 9
+        ],
+        [1, 1, 1, 1, 0, 0, 0],
+    )
+    (out,) = select_diverse([q], 2, lambda text: text.rstrip(".").split()[-1])
+    assert out.responses == ["2 + 3 = 5. The answer is 5.", "1 + 4 = 5. The answer is 5.",
+                             "The answer is 7.", "The answer is 9."]
+    assert out.rewards == [1.0, 1.0, 0.0, 0.0]
+    # with room for more, the repeats follow the distinct ones (duplicates never)
+    (wide,) = select_diverse([q], 5, lambda text: text.rstrip(".").split()[-1])
+    assert wide.responses[:3] == ["2 + 3 = 5. The answer is 5.", "1 + 4 = 5. The answer is 5.",
+                                  "2 + 3 = 5. So the answer is 5."]
+    assert wide.responses[3:] == ["The answer is 7.", "The answer is 9.", "I think the answer is 7."]
+    with pytest.raises(ValueError, match="m must be"):
+        select_diverse([q], 0, str)

@@ -154,6 +154,20 @@ def test_batch_invariance(sampler):
         assert [c.token_ids for c in a[k]] == [c.token_ids for c in b[k]]
 
 
+def test_top_k_reaches_the_engine(sampler):
+    # top_k=1 at a flat temperature is greedy; top-k 20 draws only among each step's 20 largest logits
+    kwargs = dict(n=2, temperature=1.5, max_new_tokens=6, seed=3)
+    greedy = sampler.generate(PROMPTS[:3], max_new_tokens=6)
+    top1 = sampler.generate(PROMPTS[:3], top_k=1, **kwargs)
+    assert [[c.token_ids for c in row] for row in top1] == [[g[0].token_ids] * 2 for g in greedy]
+    free = sampler.generate(PROMPTS[:3], **kwargs)
+    assert [[c.token_ids for c in row] for row in free] != [[c.token_ids for c in row] for row in top1]
+    (row,) = sampler.generate([PROMPTS[0]], n=4, top_k=20, temperature=1.5, max_new_tokens=1, seed=5)
+    probs = sampler.next_token_probs([PROMPTS[0]], list(range(sampler.model.args.vocab_size)))[0]
+    top20 = set(torch.tensor(probs).topk(20).indices.tolist())
+    assert all(c.token_ids[0] in top20 for c in row)
+
+
 def test_stop_strings_cut_text(sampler):
     (full,), = sampler.generate([PROMPTS[1]], max_new_tokens=20)
     text = full.text
@@ -210,6 +224,8 @@ def test_bad_input(sampler):
         sampler.generate(["a"], top_p=1.5)
     with pytest.raises(ValueError, match=r"temperature must be >= 0"):
         sampler.generate(["a"], temperature=-0.1)
+    with pytest.raises(ValueError, match=r"top_k must be an int >= 0"):
+        sampler.generate(["a"], top_k=-1)
     too_long = [5] * sampler.max_model_len
     with pytest.raises(ValueError, match=r"prompt 1 has \d+ tokens, longer than"):
         sampler.generate(["fine", too_long], max_new_tokens=2)

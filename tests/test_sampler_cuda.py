@@ -75,3 +75,19 @@ def test_gpu_token_selection_equals_the_cpu_reference():
         want = sample_tokens(logits, temperature, top_p, u)
         got = sample_tokens(logits.cuda(), temperature, top_p, u.cuda()).cpu()
         assert torch.equal(got, want), (temperature, top_p)
+
+
+def test_gpu_top_k_selection_matches_the_cpu_reference():
+    from tolerances import assert_same_draws
+
+    from selftrain.sampler.sampling import counter_uniforms, sample_tokens
+
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(300, 5000, generator=g) * 2.0
+    u = torch.from_numpy(counter_uniforms(3, list(range(300)), [0] * 300, [0] * 300))
+    for temperature, top_p, top_k in ((0.75, 0.95, 50), (1.0, 1.0, 7), (1.2, 0.9, 1000)):
+        want = sample_tokens(logits, temperature, top_p, u, top_k)
+        got = sample_tokens(logits.cuda(), temperature, top_p, u.cuda(), top_k).cpu()
+        assert_same_draws(got, want, logits, temperature, top_p, u, top_k)
+        kth = logits.topk(top_k, -1).values[:, -1]
+        assert (logits.gather(-1, got[:, None]).squeeze(-1) >= kth).all()

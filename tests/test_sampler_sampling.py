@@ -14,8 +14,9 @@ from selftrain.sampler import cpu_logits
 from selftrain.sampler.sampling import counter_uniform, counter_uniforms, sample_tokens
 
 
-def _c_sample(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor) -> torch.Tensor:
-    return cpu_logits.sample(logits.contiguous(), temperature, top_p, u.to(torch.float64))[0]
+def _c_sample(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor, top_k: int = 0
+              ) -> torch.Tensor:
+    return cpu_logits.sample(logits.contiguous(), temperature, top_p, u.to(torch.float64), top_k=top_k)[0]
 
 
 IMPLEMENTATIONS = pytest.mark.parametrize("select", [sample_tokens, _c_sample], ids=["torch", "c"])
@@ -31,10 +32,10 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return keep
 
 
-def _draw(select, logits: torch.Tensor, temperature: float, top_p: float, draws: int, seed: int
-          ) -> torch.Tensor:
+def _draw(select, logits: torch.Tensor, temperature: float, top_p: float, draws: int, seed: int,
+          top_k: int = 0) -> torch.Tensor:
     u = torch.tensor([counter_uniform(seed, 0, j % 97, j // 97) for j in range(draws)], dtype=torch.float64)
-    return select(logits.expand(draws, -1), temperature, top_p, u)
+    return select(logits.expand(draws, -1), temperature, top_p, u, top_k=top_k)
 
 
 @IMPLEMENTATIONS
@@ -127,3 +128,84 @@ def test_top_k_fast_path_agrees_with_full_vocabulary_reference(select):
         cdf = kept.double().cumsum(0)
         want.append(int(torch.searchsorted(cdf, ur * cdf[-1], right=True)))
     assert (got != torch.tensor(want)).sum() <= 1
+
+
+def _top_k_then_nucleus64(logits: torch.Tensor, temperature: float, top_p: float, top_k: int) -> torch.Tensor:
+    """float64 reference of the whole rule: the kept tokens' renormalised probabilities (0 elsewhere)."""
+    z = logits.double()
+    if 0 < top_k < z.numel():
+        z = z.masked_fill(z < z.topk(top_k).values[-1], float("-inf"))
+    probs = torch.softmax(z / temperature, -1)
+    kept = probs * _nucleus(probs, top_p)
+    return kept / kept.sum()
+
+
+@IMPLEMENTATIONS
+@pytest.mark.parametrize("vocab,temperature,top_p,top_k", [(30, 0.8, 1.0, 7), (1000, 0.75, 0.95, 50),
+                                                           (1000, 1.0, 0.6, 300)])
+def test_top_k_frequencies_match_the_float64_reference(select, vocab, temperature, top_p, top_k):
+    from scipy.stats import chisquare
+
+    g = torch.Generator().manual_seed(vocab + top_k)
+    logits = torch.randn(vocab, generator=g) * 1.5
+    want = _top_k_then_nucleus64(logits, temperature, top_p, top_k)
+    keep = want > 0
+    assert 5 <= keep.sum() <= top_k  # top-k and (for top_p < 1) the nucleus both cut
+    draws = 20000
+    tokens = _draw(select, logits[None], temperature, top_p, draws, seed=top_k, top_k=top_k)
+    counts = torch.bincount(tokens, minlength=vocab)
+    assert counts[~keep].sum() == 0, "a token outside top-k / the nucleus was drawn"
+    expected, observed = want[keep] * draws, counts[keep].double()
+    order = torch.argsort(expected)  # pool rare tokens so every cell expects >= 5
+    expected, observed = expected[order], observed[order]
+    cut = max(int((torch.cumsum(expected, 0) < 50).sum()), 1)
+    expected = torch.cat([expected[:cut].sum(0, keepdim=True), expected[cut:]])
+    observed = torch.cat([observed[:cut].sum(0, keepdim=True), observed[cut:]])
+    stat = chisquare(observed.numpy(), (expected * observed.sum() / expected.sum()).numpy())
+    assert stat.pvalue > 1e-3, stat
+
+
+@IMPLEMENTATIONS
+def test_top_k_keeps_ties_at_the_kth_logit_and_one_is_greedy(select):
+    logits = torch.tensor([[0.0, 3.0, 1.0, 1.0, 1.0, -2.0, 1.0]])
+    u = torch.tensor([counter_uniform(4, 0, j, 0) for j in range(4000)], dtype=torch.float64)
+    tokens = select(logits.expand(4000, -1), 1.0, 1.0, u, top_k=2)
+    # the 2nd largest logit is 1.0, held by four tokens: all four stay, 0.0 and -2.0 go
+    assert set(tokens.tolist()) == {1, 2, 3, 4, 6}
+    rows = torch.randn(50, 700) * 0.2
+    u50 = u[:50]
+    assert torch.equal(select(rows, 1.3, 1.0, u50, top_k=1), rows.argmax(-1))
+    # top_k >= V is off
+    assert torch.equal(select(rows, 1.3, 0.9, u50, top_k=700), select(rows, 1.3, 0.9, u50))
+
+
+@IMPLEMENTATIONS
+def test_top_k_rows_are_independent_of_the_batch(select):
+    logits = torch.randn(40, 3000) * 0.01
+    logits[::3] *= 300  # peaked and flat rows in one batch
+    u = torch.tensor([counter_uniform(1, i, 0, 0) for i in range(40)], dtype=torch.float64)
+    together = select(logits, 0.75, 0.95, u, top_k=50)
+    alone = torch.cat([select(logits[i : i + 1], 0.75, 0.95, u[i : i + 1], top_k=50) for i in range(40)])
+    assert torch.equal(together, alone)
+
+
+@pytest.mark.parametrize("top_k,top_p,scale", [(50, 0.95, 2.0), (50, 1.0, 0.3), (2000, 0.9, 0.3),
+                                               (300, 0.5, 4.0)])
+def test_c_top_k_draws_match_torch_within_the_float64_reference(top_k, top_p, scale):
+    from tolerances import assert_same_draws
+
+    g = torch.Generator().manual_seed(top_k)
+    logits = torch.randn(64, 32005, generator=g) * scale
+    logits[:, :30] += torch.rand(64, 30, generator=g) * 6.0
+    u = torch.tensor([counter_uniform(3, i, 0, 0) for i in range(64)], dtype=torch.float64)
+    got = _c_sample(logits, 0.75, top_p, u, top_k)
+    want = sample_tokens(logits, 0.75, top_p, u, top_k)
+    assert_same_draws(got, want, logits, 0.75, top_p, u, top_k)
+    # and top-k really cut: every draw is among the row's top_k logits
+    kth = logits.topk(top_k, -1).values[:, -1]
+    assert (logits.gather(-1, got[:, None]).squeeze(-1) >= kth).all()
+
+
+def test_top_k_refused_when_negative():
+    with pytest.raises(ValueError, match="top_k"):
+        cpu_logits.sample(torch.randn(2, 10), 1.0, 0.9, torch.zeros(2, dtype=torch.float64), top_k=-1)

@@ -240,3 +240,37 @@ def test_gap_results_and_tables_carry_the_intervals():
         [{"generator": "g", "verifier": "v", "accuracy": 0.4, "results": {"cot_binary": res}}], specs
     )
     assert f"{100 * res['gap']:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]" in table
+
+
+def test_loglinear_fit_is_least_squares_on_log10_flops_with_a_t_interval():
+    from scipy import stats as sps
+
+    from selftrain.metrics.stats import loglinear_fit
+
+    flops = [1e20, 1e21, 3e21, 1e22, 1e23]
+    values = [0.01, 0.05, 0.04, 0.09, 0.12]
+    fit = loglinear_fit(flops, values, confidence=0.9)
+    x = np.log10(flops)
+    slope, intercept = np.polyfit(x, values, 1)
+    assert fit["slope"] == pytest.approx(slope) and fit["intercept"] == pytest.approx(intercept)
+    resid = np.asarray(values) - (slope * x + intercept)
+    se = math.sqrt(resid @ resid / (len(x) - 2) / ((x - x.mean()) @ (x - x.mean())))
+    half = sps.t.ppf(0.95, len(x) - 2) * se
+    assert fit["slope_ci"] == pytest.approx([slope - half, slope + half])
+    two = loglinear_fit([1e20, 1e21], [0.0, 0.1])
+    assert two["slope"] == pytest.approx(0.1) and two["slope_ci"] is None  # no residual spread left
+    assert loglinear_fit([1e20], [0.1]) is None and loglinear_fit([1e20, 1e20], [0.1, 0.2]) is None
+    assert loglinear_fit([1e20, 1e21, 1e22], [0.1, None, 0.3])["n"] == 2  # a missing value is skipped
+    flat = loglinear_fit([1e20, 1e21, 1e22], [0.2, 0.2, 0.2])
+    assert flat["slope"] == 0 and flat["slope_ci"] == pytest.approx([0, 0], abs=1e-12) and flat["r"] is None
+
+
+def test_pretraining_flops_table_and_overrides():
+    from selftrain.verify.flops import model_key, pretraining_flops
+
+    assert model_key("meta-llama/Llama-2-7b-hf") == "llama-2-7b" == model_key("/models/Llama-2-7b-chat-hf/")
+    got = pretraining_flops(["smollm2-135m", "meta-llama/Llama-2-7b-hf", "Qwen/Qwen2.5-7B-Instruct",
+                             "mystery", "Qwen/Qwen1.5-7B"], {"mystery": 5e20})
+    assert got == {"smollm2-135m": 6 * 135e6 * 2e12, "meta-llama/Llama-2-7b-hf": 6 * 7e9 * 2e12,
+                   "Qwen/Qwen2.5-7B-Instruct": 6 * 7e9 * 18e12, "mystery": 5e20}
+    assert pretraining_flops(["smollm2-135m"], {"smollm2-135m": 1.0}) == {"smollm2-135m": 1.0}

@@ -583,3 +583,39 @@ def test_chat_template_prompts(smollm2_tokenizer, tmp_path):
     csqa = get_task("csqa")
     ex = Example("c", "Where?", "A", {"choices": [{"label": lab, "text": lab.lower()} for lab in "ABCDE"]})
     assert "(E) e" in csqa.prompt(ex, tokenizer=smollm2_tokenizer, shots=1)
+
+
+def _any_example(name: str):
+    options = {"train_size": 30, "test_size": 9, "ood_size_per_level": 2} if name == "arith" else {}
+    task = get_task(name, **options)
+    if name in ("arith", "sudoku4"):
+        return task, task.load("test")[0]
+    return task, Example("x", "What is asked?", "1", {"choices": [], "tests": ["assert True"]})
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_prompt_format_fewshot_is_plain_text_whatever_the_tokenizer(smollm2_tokenizer, name):
+    task, ex = _any_example(name)
+    shots = 4
+    plain = task.prompt(ex, tokenizer=None, shots=shots)
+    fewshot = task.prompt(ex, tokenizer=smollm2_tokenizer, shots=shots, prompt_format="fewshot")
+    chat = task.prompt(ex, tokenizer=smollm2_tokenizer, shots=shots, prompt_format="chat")
+    assert fewshot == plain and fewshot.count("Question:") == shots + 1 and fewshot.endswith("Answer:\n")
+    assert "<|im_start|>" not in fewshot
+    assert chat.count("<|im_start|>user") == shots + 1  # the default keeps the chat template
+    assert task.prompt(ex, tokenizer=smollm2_tokenizer, shots=shots) == chat
+    with pytest.raises(ValueError, match="prompt_format"):
+        task.prompt(ex, tokenizer=smollm2_tokenizer, prompt_format="lm-eval")
+
+
+def test_prompt_format_decides_the_stop_strings_and_is_a_checked_config_key(smollm2_tokenizer):
+    from selftrain.loop.config import DataSection
+    from selftrain.loop.engine import stop_strings_for
+
+    task = get_task("gsm8k")
+    assert stop_strings_for(task, smollm2_tokenizer) is None  # chat prompts end at EOS
+    assert stop_strings_for(task, smollm2_tokenizer, "fewshot") == list(task.stop)
+    assert stop_strings_for(task, None) == list(task.stop)
+    assert DataSection(prompt_format="fewshot").prompt_format == "fewshot"
+    with pytest.raises(ValueError, match="data.prompt_format"):
+        DataSection(prompt_format="plain")

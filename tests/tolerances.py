@@ -76,8 +76,12 @@ def _nuclei(p: torch.Tensor, top_p: float, window: float, kappa: float) -> list[
     return [p >= t for t in taus]
 
 
-def possible_draws(logits: torch.Tensor, temperature: float, top_p: float, u: float) -> set[int]:
+def possible_draws(logits: torch.Tensor, temperature: float, top_p: float, u: float, top_k: int = 0
+                   ) -> set[int]:
     """Every token an fp32 implementation of sampling.py's selection rule can draw for one row.
+
+    Top-k (0 = off) is applied first and exactly: a comparison of the given logits with the k-th
+    largest involves no rounding, so every implementation keeps the same set.
 
     The rule (inverse CDF in token-id order over the top-p nucleus, target u * nucleus mass) is
     evaluated in float64, then widened by what fp32 rounding can move:
@@ -93,12 +97,16 @@ def possible_draws(logits: torch.Tensor, temperature: float, top_p: float, u: fl
     """
     if temperature == 0:
         return {int(logits.argmax())}
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     z = logits.double() / temperature
     lse = float(torch.logsumexp(z, -1))
     p = torch.softmax(z, -1)
+    z = z[torch.isfinite(z)]  # the dropped tokens round nothing
     kappa = EPS32 * (2 * max(float(z.abs().max()), abs(lse)) + 6)
     spread = LAMBDA * kappa * float(p.square().sum().sqrt())
-    window = sum_bound(z.shape[-1]) + spread + 2 * EPS32
+    window = sum_bound(z.numel()) + spread + 2 * EPS32
     out: set[int] = set()
     for nucleus in _nuclei(p, top_p, window, kappa):
         kept = p * nucleus
@@ -113,12 +121,12 @@ def possible_draws(logits: torch.Tensor, temperature: float, top_p: float, u: fl
 
 
 def assert_same_draws(got: torch.Tensor, want: torch.Tensor, logits: torch.Tensor, temperature: float,
-                      top_p: float, uniforms: torch.Tensor) -> None:
+                      top_p: float, uniforms: torch.Tensor, top_k: int = 0) -> None:
     """Token draws of two fp32 implementations agree, except on rows where the float64 reference
     proves the difference is a rounding tie: both tokens are possible draws (`possible_draws`)
     and the possible set is a boundary, not a stretch of the vocabulary (at most 3 tokens)."""
     for r in (got != want).nonzero().flatten().tolist():
-        allowed = possible_draws(logits[r], temperature, top_p, float(uniforms[r]))
+        allowed = possible_draws(logits[r], temperature, top_p, float(uniforms[r]), top_k)
         g, w = int(got[r]), int(want[r])
         assert g in allowed and w in allowed and len(allowed) <= 3, (
             f"row {r}: drew {g}, reference {w}; a rounding tie allows only {sorted(allowed)}")

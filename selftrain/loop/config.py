@@ -28,7 +28,18 @@ class DataSection:
     test_split: str = "test"
     train_size: int | None = None  # first N training questions (None = all)
     test_size: int | None = None  # first N test questions (None = all)
-    shots: int = 0  # worked examples in every prompt (paper A: zero-shot)
+    shots: int = 0  # worked examples in every prompt (paper A: zero-shot; paper B: 4-shot)
+    # chat: the tokenizer's chat template when it has one, else plain text; fewshot: plain text
+    # "Question: / Answer:" blocks always (paper B prompts base models lm-eval style). docs/tasks.md
+    prompt_format: str = "chat"
+
+    def __post_init__(self) -> None:
+        from ..tasks.common import PROMPT_FORMATS
+
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"data.prompt_format={self.prompt_format!r}: must be one of {', '.join(PROMPT_FORMATS)}"
+            )
 
 
 @dataclass
@@ -47,10 +58,12 @@ class OODSection:
 
 @dataclass
 class SamplingSection:
-    """On-policy sampling of the training questions (paper A: temperature 0.75, top-p 0.95)."""
+    """On-policy sampling of the training questions (paper A, Table 1: temperature 0.75, top-p
+    0.95, top-k 50; recipes/configs/paper_*.yaml set top_k: 50)."""
 
     temperature: float = 0.75
     top_p: float = 0.95
+    top_k: int = 0  # keep the k most likely tokens before top-p (ties kept); 0 = off
     max_new_tokens: int = 512
 
 
@@ -61,6 +74,7 @@ class EvalSection:
     n_samples: int = 50  # samples per test question: coverage, pass@k, diversity
     temperature: float = 0.75
     top_p: float = 0.95
+    top_k: int = 0  # as sampling.top_k, for the N sampled answers (greedy ignores it)
     max_new_tokens: int = 512  # greedy and sampled answers alike
     # N for M1's pass@N on IS(t). M1 is sampled once with max(is_ns) samples per test question and
     # pass@N on any IS(t) is the unbiased estimate from those samples.
@@ -96,6 +110,55 @@ class StatsSection:
         check_primary(self.primary_metrics, "config")
 
 
+# Which model a DPO / RPO step of the loop compares against (its reference pi_ref).
+DPO_REFERENCES = ("previous", "sft", "base")
+
+
+@dataclass
+class DPOSection(TrainConfig):
+    """The preference steps' training settings (dpo and rpo step kinds), and their reference model.
+
+    reference: previous = M_{t-1}, the model the step starts from (the default: paper A's
+    Algorithm 1 refines M_{t-1} into M_t, and its training code, LLaMA Factory, takes the model it
+    starts from as the DPO reference when none is named; the pi_SFT of its eq. 7, Appendix A.2, is
+    DPO's own notation for that starting policy); sft = M1, the gold-SFT model (pi_SFT read
+    literally as "the SFT model", fixed over iterations); base = M0.
+    """
+
+    reference: str = "previous"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.reference not in DPO_REFERENCES:
+            raise ValueError(f"dpo.reference={self.reference!r}: must be one of {', '.join(DPO_REFERENCES)}")
+
+
+@dataclass
+class InterventionSection:
+    """Changes to Algorithm 1 that the self-training literature uses against collapse; all off by
+    default (paper A's loop). docs/loop.md, "Loop interventions", gives each one's source.
+
+    restart_from_base: train every M_t (t >= 2) from M0 instead of M_{t-1}, on D_t sampled from
+        M_{t-1} (STaR, Zelikman et al. 2022; ReST-EM, Singh et al. 2023).
+    accumulate_data: train on D_1 ∪ ... ∪ D_t (those of the same record format: SFT records with
+        the gold D_1, or DPO / RPO pairs) instead of D_t alone (Gerstgrasser et al. 2024, "Is model
+        collapse inevitable?": accumulating data, rather than replacing it, avoids collapse).
+    max_samples_per_question: m; before D_t is built each question keeps at most m correct and m
+        incorrect samples, distinct reasoning (equations) and distinct wrong final answers first
+        (RFT, Yuan et al. 2023, keeps distinct reasoning paths; paper A names the loss of diversity
+        as its open problem). None = every sample.
+    """
+
+    restart_from_base: bool = False
+    accumulate_data: bool = False
+    max_samples_per_question: int | None = None
+
+    def __post_init__(self) -> None:
+        m = self.max_samples_per_question
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"interventions.max_samples_per_question={m!r}: must be an integer >= 1 or null")
+
+
 @dataclass
 class WandbSection:
     mode: str = "offline"  # offline | online | disabled (WANDB_MODE in the environment wins)
@@ -124,11 +187,12 @@ class LoopConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     sampler: SamplerSection = field(default_factory=SamplerSection)
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, epochs=3, global_batch_size=128))
-    dpo: TrainConfig = field(
-        default_factory=lambda: TrainConfig(lr=2e-7, epochs=1, global_batch_size=32, beta=0.3)
+    dpo: DPOSection = field(
+        default_factory=lambda: DPOSection(lr=2e-7, epochs=1, global_batch_size=32, beta=0.3)
     )
     # online RL steps (step kinds grpo / rloo; docs/rl.md): the loss, the sampling, the optimizer
     rl: RLConfig = field(default_factory=RLConfig)
+    interventions: InterventionSection = field(default_factory=InterventionSection)
     wandb: WandbSection = field(default_factory=WandbSection)
     stats: StatsSection = field(default_factory=StatsSection)
     # LoRA / QLoRA for every training step (None = full fine-tuning). M_t is then an adapter whose
@@ -152,10 +216,23 @@ class LoopConfig:
             raise ValueError(
                 f"max_pairs_per_question={self.max_pairs_per_question}: must be >= 1 (or null for all)"
             )
+        if not isinstance(self.dpo, DPOSection):  # a plain TrainConfig given in code
+            fields = dataclasses.fields(TrainConfig)
+            self.dpo = DPOSection(**{f.name: getattr(self.dpo, f.name) for f in fields})
         check_lora_sections(self)
+        if self.lora is not None and self.interventions.restart_from_base:
+            raise ValueError(
+                "interventions.restart_from_base with lora: LoRA chains each M_t as an adapter on M_{t-1}"
+            )
+        if self.lora is not None and self.dpo.reference != "previous":
+            raise ValueError(
+                f"dpo.reference={self.dpo.reference!r} with lora: a LoRA step's reference is the model it "
+                "trains with its adapter disabled, i.e. M_{t-1} (dpo.reference: previous)"
+            )
         check_eval(self.eval)
         check_sampling(
-            self.sampling.temperature, self.sampling.top_p, self.sampling.max_new_tokens, "sampling"
+            self.sampling.temperature, self.sampling.top_p, self.sampling.max_new_tokens, "sampling",
+            self.sampling.top_k,
         )
 
     @property
@@ -199,18 +276,21 @@ def check_positive(obj: Any, *names: str) -> None:
             raise ValueError(f"{name}={value!r}: must be an integer >= 1")
 
 
-def check_sampling(temperature: float, top_p: float, max_new_tokens: int, where: str) -> None:
+def check_sampling(temperature: float, top_p: float, max_new_tokens: int, where: str,
+                   top_k: int = 0) -> None:
     if temperature < 0:
         raise ValueError(f"{where}.temperature={temperature}: must be >= 0")
     if not 0 < top_p <= 1:
         raise ValueError(f"{where}.top_p={top_p}: must be in (0, 1]")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"{where}.top_k={top_k!r}: must be an integer >= 0 (0 = off)")
     if max_new_tokens < 1:
         raise ValueError(f"{where}.max_new_tokens={max_new_tokens}: must be >= 1")
 
 
 def check_eval(section: EvalSection) -> None:
     check_positive(section, "n_samples")
-    check_sampling(section.temperature, section.top_p, section.max_new_tokens, "eval")
+    check_sampling(section.temperature, section.top_p, section.max_new_tokens, "eval", section.top_k)
     if section.temperature == 0:
         raise ValueError("eval.temperature=0: the N-sample metrics need sampling (paper A: 0.75)")
     bad = [n for n in section.is_ns if n < 1]
@@ -235,16 +315,17 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
         if isinstance(a, dict) and isinstance(b, dict):
             if prefix == "" and key in ("sft", "dpo"):
                 # Trainer settings that do not change the weights may differ (save_every, micro batch...).
-                a = _trajectory(a)
-                b = _trajectory(b)
+                kind = DPOSection if key == "dpo" else TrainConfig
+                a = _trajectory(a, kind)
+                b = _trajectory(b, kind)
             diffs.extend(config_differences(a, b, f"{dotted}."))
         elif a != b:
             diffs.append(dotted)
     return diffs
 
 
-def _trajectory(section: dict[str, Any]) -> dict[str, Any]:
-    keys = TrainConfig(
-        **{k: v for k, v in section.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    )
+def _trajectory(section: dict[str, Any], kind: type[TrainConfig]) -> dict[str, Any]:
+    """The weight-changing settings of a saved section (missing keys take `kind`'s defaults, so a
+    run saved before a key existed still resumes under that key's default)."""
+    keys = kind(**{k: v for k, v in section.items() if k in {f.name for f in dataclasses.fields(kind)}})
     return keys.trajectory_key()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import time
 import uuid
 from pathlib import Path
@@ -29,7 +30,7 @@ from .evaluation import EvalData, evaluate_model, grade, improvement_metrics
 from .paradigms import GOLD_SFT, schedule, step_kind
 from .run_folder import claim_run_folder, release_run_folder
 from .stages import run_stage, stage_done
-from .steps import BuildOptions, SampledQuestion, get_step_kind, gold_sft_set, is_correct
+from .steps import BuildOptions, SampledQuestion, get_step_kind, gold_sft_set, is_correct, select_diverse
 
 EVAL_STAGE_SEED = 0  # every model is evaluated with the same seeds: differences come from the models
 
@@ -44,10 +45,12 @@ def load_task(name: str, options: dict[str, Any]) -> Any:
     return tasks.get_task(name, **options)
 
 
-def stop_strings_for(task: Any, tokenizer: Any) -> list[str] | None:
+def stop_strings_for(task: Any, tokenizer: Any, prompt_format: str = "chat") -> list[str] | None:
     """Stop strings for sampling answers to `task` (None: stop at EOS only)."""
+    from ..tasks.common import uses_chat_template
+
     # With a chat template the answer ends at EOS; a plain-text prompt needs the task's stop strings.
-    if getattr(tokenizer, "chat_template", None):
+    if uses_chat_template(tokenizer, prompt_format):
         return None
     return list(getattr(task, "stop", ()) or ()) or None
 
@@ -65,6 +68,7 @@ def sample_and_grade(
         n=n,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
+        top_k=sampling.top_k,
         max_new_tokens=sampling.max_new_tokens,
         stop=stop,
         seed=seed,
@@ -201,20 +205,22 @@ def skipped_train_result(source: int, reason: str) -> dict[str, Any]:
 
 def train_model(
     tcfg: Any, base: str, data_path: Path, out_dir: Path, step: Any, source: int, name: str,
-    logger: JsonlTrainLogger,
+    logger: JsonlTrainLogger, reference: str | None = None,
 ) -> dict[str, Any]:
     """Train `name` from `base` on data_path into out_dir/model with step kind `step`; returns the
-    train stage's result.json record (the model is now `source`). Collective."""
+    train stage's result.json record (the model is now `source`). A step that needs a reference
+    model gets `reference` (default: `base`, the model it starts from). Collective."""
     from ..train import train
+    from ..train.config import train_config_of
 
     try:
         res = train(
-            tcfg,
+            train_config_of(tcfg),
             model=base,
             data=str(data_path),
             out_dir=str(out_dir),
             loss=step.loss,
-            ref_model=base if step.needs_reference else None,
+            ref_model=(reference or base) if step.needs_reference else None,
             logger=logger,
         )
     finally:
@@ -244,8 +250,10 @@ def load_eval_data(task_name: str, task: Any, data: DataSection, ood: OODSection
     out = EvalData(
         task=task,
         examples=examples,
-        prompts=[task.prompt(ex, tokenizer, shots=data.shots) for ex in examples],
-        stop=stop_strings_for(task, tokenizer),
+        prompts=[
+            task.prompt(ex, tokenizer, shots=data.shots, prompt_format=data.prompt_format) for ex in examples
+        ],
+        stop=stop_strings_for(task, tokenizer, data.prompt_format),
         ood_levels=(ood.low_level, ood.high_level),
     )
     if not ood.enabled:
@@ -261,8 +269,11 @@ def load_eval_data(task_name: str, task: Any, data: DataSection, ood: OODSection
     out.ood_task = ood_task
     path = ood.path if ood.path is not None or not same_task else data.path
     out.ood_examples = ood_task.load(ood.split, path=path, limit=ood.size)
-    out.ood_prompts = [ood_task.prompt(ex, tokenizer, shots=data.shots) for ex in out.ood_examples]
-    out.ood_stop = stop_strings_for(ood_task, tokenizer)
+    out.ood_prompts = [
+        ood_task.prompt(ex, tokenizer, shots=data.shots, prompt_format=data.prompt_format)
+        for ex in out.ood_examples
+    ]
+    out.ood_stop = stop_strings_for(ood_task, tokenizer, data.prompt_format)
     return out
 
 
@@ -293,9 +304,10 @@ class LoopEngine:
         if not self.train_examples:
             raise ValueError(f"task {cfg.task!r} split {cfg.data.train_split!r} has no questions")
         self.train_prompts = [
-            self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots) for ex in self.train_examples
+            self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots, prompt_format=cfg.data.prompt_format)
+            for ex in self.train_examples
         ]
-        self.train_stop = stop_strings_for(self.task, self.tokenizer)
+        self.train_stop = stop_strings_for(self.task, self.tokenizer, cfg.data.prompt_format)
         self.eval_data = load_eval_data(cfg.task, self.task, cfg.data, cfg.ood, self.tokenizer)
         self.samplers = SamplerCache(self.tokenizer, cfg.sampler)
         self.logger = RunLogger(
@@ -345,6 +357,23 @@ class LoopEngine:
         source = self._source_of(t)
         return self.cfg.model if source == 0 else str(self.iter_dir(source) / "trainer" / "model")
 
+    def _accumulated(self, t: int, kind: str) -> list[dict[str, Any]]:
+        """D_1 ∪ ... ∪ D_{t-1} of the same record format as `kind`'s: the latest earlier build of
+        that format (it already holds every one before it, accumulation being on for the run)."""
+        def section(k: str) -> str:
+            return "sft" if k == GOLD_SFT else get_step_kind(k).train_section
+
+        for s in range(t - 1, 0, -1):
+            folder = self.iter_dir(s) / "build"
+            if section(read_json(folder / "stats.json")["kind"]) == section(kind):
+                return read_jsonl(folder / "train.jsonl")
+        return []
+
+    def _reference_model(self, t: int) -> str:
+        """The reference of a preference step at iteration t >= 2 (`dpo.reference`)."""
+        which = self.cfg.dpo.reference
+        return self._model_of({"previous": t - 1, "sft": 1, "base": 0}[which])
+
     def sample_stage(self, t: int) -> Path:
         """Sample N answers per training question from M_{t-1} and grade them."""
         cfg = self.cfg
@@ -392,7 +421,13 @@ class LoopEngine:
                 options = BuildOptions(
                     seed=derive_seed(cfg.seed, t, "build"), max_pairs_per_question=cfg.max_pairs_per_question
                 )
+                m = cfg.interventions.max_samples_per_question
+                if m is not None:
+                    questions = select_diverse(questions, m, self.task.extract)
                 records = get_step_kind(kind).build(questions, options)
+                if cfg.interventions.accumulate_data:
+                    records = self._accumulated(t, kind) + records
+                    records = list({json.dumps(r, sort_keys=True): r for r in records}.values())
                 used = {r["prompt"] for r in records}
                 questions_used = sum(q.prompt in used for q in questions)
             write_jsonl_atomic(tmp / "train.jsonl", records)
@@ -418,7 +453,8 @@ class LoopEngine:
     def train_stage(self, t: int, kind: str) -> Path:
         """M_t = F_t(M_{t-1} | D_t); an empty D_t keeps M_{t-1}. The trainer resumes by itself."""
         cfg = self.cfg
-        base = self._model_of(t - 1)
+        restart = cfg.interventions.restart_from_base and kind != GOLD_SFT
+        base = self._model_of(0 if restart else t - 1)
         data_path = self.iter_dir(t) / "build" / "train.jsonl"
 
         def compute(tmp: Path) -> None:
@@ -441,7 +477,8 @@ class LoopEngine:
                     desc=f"train M{t} ({step.loss})",
                     show_progress=self.show_progress,
                 )
-                result = train_model(tcfg, base, data_path, out_dir, step, t, f"M_{t}", log)
+                result = train_model(tcfg, base, data_path, out_dir, step, t, f"M_{t}", log,
+                                     reference=self._reference_model(t) if step.needs_reference else None)
             if dist.is_main():
                 write_json_atomic(tmp / "result.json", result)
 

@@ -10,6 +10,8 @@ Flat metric keys (the same in metrics.jsonl, W&B and report.md; definitions in d
   greedy/truncated           fraction of greedy answers cut by max_new_tokens
   coverage                   mean over questions of correct samples / N (N = eval.n_samples)
   pass@k/<k>                 unbiased pass@k from the N samples, k = 1, 2, 4, ..., N
+  maj@k/<k>                  majority vote over k samples' extracted answers (self-consistency),
+                             mean over the N // k disjoint groups of k (metrics/majority.py)
   diversity/<group>/<m>      group correct | incorrect; m = distinct_n (distinct-1..5 averaged),
                              semantic (1 - mean pairwise SBERT cosine), equations (distinct
                              equations), n_questions (questions with >= 2 samples in the group)
@@ -30,6 +32,7 @@ from ..metrics import (
     default_ks,
     diversity_report,
     improvement_set,
+    maj_at_k_per_question,
     mean_pass_at_k,
     ood_report,
     parse_level,
@@ -101,9 +104,11 @@ def sample_metrics(
     sample_rewards: Sequence[Sequence[float]],
     encoder: Any = None,
     equations: bool = True,
+    answers: Sequence[Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
-    """coverage, pass@k/<k> and diversity/<group>/<measure> from N graded samples per question."""
-    return sample_metrics_per_question(sample_texts, sample_rewards, encoder, equations)[0]
+    """coverage, pass@k/<k>, maj@k/<k> (when the extracted `answers` are given) and
+    diversity/<group>/<measure> from N graded samples per question."""
+    return sample_metrics_per_question(sample_texts, sample_rewards, encoder, equations, answers)[0]
 
 
 def sample_metrics_per_question(
@@ -111,16 +116,22 @@ def sample_metrics_per_question(
     sample_rewards: Sequence[Sequence[float]],
     encoder: Any = None,
     equations: bool = True,
+    answers: Sequence[Sequence[Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[float | None]]]:
-    """`sample_metrics` and, per diversity key, its per-question values (None = question skipped),
-    which details.json keeps for the report's tests over questions."""
+    """`sample_metrics` and, per diversity key and maj@k key, its per-question values (None =
+    question skipped), which details.json keeps for the report's tests over questions."""
     binary = [[1 if is_correct(r) else 0 for r in row] for row in sample_rewards]
     n = min(len(row) for row in binary)
     metrics: dict[str, Any] = {"coverage": coverage(binary)}
     for k, value in mean_pass_at_k([sum(row) for row in binary], n, default_ks(n)).items():
         metrics[f"pass@k/{k}"] = value
-    report = diversity_report(sample_texts, binary, encoder=encoder, equations=equations)
     per_question: dict[str, list[float | None]] = {}
+    if answers is not None:
+        for k in default_ks(n):
+            values = maj_at_k_per_question(answers, binary, k)
+            per_question[f"maj@k/{k}"] = list(values)
+            metrics[f"maj@k/{k}"] = sum(values) / len(values)
+    report = diversity_report(sample_texts, binary, encoder=encoder, equations=equations)
     for group in ("correct", "incorrect"):
         g = report[group]
         for measure, values in g["per_question"].items():
@@ -216,6 +227,7 @@ def evaluate_model(
         n=n_total,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
+        top_k=cfg.top_k,
         max_new_tokens=cfg.max_new_tokens,
         stop=data.stop,
         seed=seed + 1,
@@ -241,19 +253,23 @@ def evaluate_model(
 
     metrics: dict[str, Any] | None = None
     diversity: dict[str, list[float | None]] | None = None
+    majority: dict[str, list[float | None]] | None = None
     if dist.is_main():
         levels = _levels(data.examples)
         metrics = greedy_metrics(greedy_rewards, levels)
         metrics["greedy/truncated"] = sum(row[0].finish_reason == "length" for row in greedy) / len(greedy)
         head = [row[: cfg.n_samples] for row in sample_texts]
         head_rewards = [row[: cfg.n_samples] for row in sample_rewards]
-        found, diversity = sample_metrics_per_question(
-            head, head_rewards, encoder=encoder, equations=cfg.equations
+        answers = [[data.task.extract(t) for t in row] for row in head]
+        found, per_question = sample_metrics_per_question(
+            head, head_rewards, encoder=encoder, equations=cfg.equations, answers=answers
         )
+        diversity = {k: v for k, v in per_question.items() if k.startswith("diversity/")}
+        majority = {k: v for k, v in per_question.items() if k.startswith("maj@k/")}
         metrics.update(found)
         if ood_rewards:
             metrics.update(ood_metrics(ood_rewards, _levels(data.ood_examples), *data.ood_levels))
-    metrics, diversity = dist.broadcast_object((metrics, diversity))
+    metrics, diversity, majority = dist.broadcast_object((metrics, diversity, majority))
     bar.update(1)
     bar.close()
 
@@ -267,6 +283,7 @@ def evaluate_model(
         "levels": test_levels,
         "greedy_truncated": [int(row[0].finish_reason == "length") for row in greedy],
         "diversity": diversity,
+        "majority": majority,  # maj@k/<k>: per-question majority-vote correctness (metrics/majority.py)
         "ood_ids": [str(ex.id) for ex in data.ood_examples] if ood_rewards else [],
         "ood_levels": ood_levels,
         "ood_low_high": list(data.ood_levels),

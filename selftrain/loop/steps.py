@@ -112,6 +112,49 @@ def build_preference_pairs(
     return records
 
 
+def _distinct_first(texts: Sequence[str], key: Callable[[str], Any], m: int) -> list[str]:
+    """At most m of `texts` (identical duplicates removed): first, in sample order, each text whose
+    key no kept text has yet; then the rest in sample order, until m are kept."""
+    unique = _unique(texts)
+    seen: set[Any] = set()
+    first, rest = [], []
+    for text in unique:
+        k = key(text)
+        (rest if k in seen else first).append(text)
+        seen.add(k)
+    return (first + rest)[:m]
+
+
+def select_diverse(
+    questions: Sequence[SampledQuestion], m: int, answer_of: Callable[[str], Any]
+) -> list[SampledQuestion]:
+    """Diversity-preserving selection before D_t is built (docs/loop.md, "Loop interventions"):
+    each question keeps at most m correct and at most m incorrect samples (identical duplicates
+    removed). Correct samples share their final answer, so they are told apart by their equations
+    (`metrics.extract_equations`, normalised; the stripped text when a response has none) and the
+    ones bringing a new equation list come first (RFT, Yuan et al. 2023); among incorrect samples,
+    those with a final answer (`answer_of`, the task's extract) not seen yet come first. Within each
+    group the order is the sample order: the choice is deterministic and depends on that question
+    alone."""
+    from ..metrics import extract_equations
+
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be an int >= 1, got {m!r}")
+
+    def reasoning(text: str) -> Any:
+        return tuple(extract_equations(text)) or text.strip()
+
+    out = []
+    for q in questions:
+        correct = [r for r, w in zip(q.responses, q.rewards) if is_correct(w)]
+        incorrect = [r for r, w in zip(q.responses, q.rewards) if not is_correct(w)]
+        kept_c = _distinct_first(correct, reasoning, m)
+        kept_i = _distinct_first(incorrect, answer_of, m)
+        rewards = [1.0] * len(kept_c) + [0.0] * len(kept_i)
+        out.append(SampledQuestion(q.id, q.prompt, kept_c + kept_i, rewards))
+    return out
+
+
 def gold_sft_set(task: Any, examples: Sequence[Any], prompts: Sequence[str]) -> list[dict[str, str]]:
     """D_1: the gold training set, one {"prompt", "response": task.gold_response(example)} per question."""
     if len(examples) != len(prompts):

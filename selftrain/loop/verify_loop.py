@@ -190,7 +190,7 @@ class IterVerifyConfig:
                 f"{', '.join(sorted(set(spec.methods) - {GOLD}))} (use filter=gold)"
             )
         s = self.sampling
-        check_sampling(s.temperature, s.top_p, s.max_new_tokens, "sampling")
+        check_sampling(s.temperature, s.top_p, s.max_new_tokens, "sampling", s.top_k)
         if self.sampling.temperature == 0 and self.n_samples > 1:
             raise ValueError("sampling.temperature=0 with n_samples > 1: the N samples would be identical")
         v = self.verify
@@ -269,8 +269,10 @@ def round_metrics(
     rewards: Sequence[Sequence[float]],
     masks: Sequence[Sequence[bool]],
     texts: Sequence[Sequence[str]],
+    answers: Sequence[Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
-    """What row t reports about f_t's samples: accuracy, gap, J(f_t[w]), kept fraction, pass@k.
+    """What row t reports about f_t's samples: accuracy, gap, J(f_t[w]), kept fraction, pass@k
+    (and maj@k, the majority vote over k samples, when their extracted `answers` are given).
 
     accuracy = J(f_t) (mean over prompts of the share of correct samples); gap, relative_gap,
     filtered_accuracy = J(f_t[w]) and kept_fraction follow `metrics.generation_verification_gap`
@@ -299,8 +301,8 @@ def round_metrics(
     for key, ci in cis.items():
         if ci is not None:
             row[f"{key}/ci_low"], row[f"{key}/ci_high"] = ci
-    extra = sample_metrics(texts, rewards, encoder=None, equations=False)
-    row.update({k: v for k, v in extra.items() if k.startswith(("pass@k/", "diversity/"))})
+    extra = sample_metrics(texts, rewards, encoder=None, equations=False, answers=answers)
+    row.update({k: v for k, v in extra.items() if k.startswith(("pass@k/", "maj@k/", "diversity/"))})
     row["questions_with_kept"] = sum(any(m) for m in masks)
     row["kept_correct_fraction"] = _kept_precision(rewards, masks)
     return row
@@ -348,8 +350,11 @@ class IterVerifyEngine:
         self.examples = self.task.load(cfg.data.train_split, path=cfg.data.path, limit=cfg.data.train_size)
         if not self.examples:
             raise ValueError(f"task {cfg.task!r} split {cfg.data.train_split!r} has no questions")
-        self.prompts = [self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots) for ex in self.examples]
-        self.stop = stop_strings_for(self.task, self.tokenizer)
+        self.prompts = [
+            self.task.prompt(ex, self.tokenizer, shots=cfg.data.shots, prompt_format=cfg.data.prompt_format)
+            for ex in self.examples
+        ]
+        self.stop = stop_strings_for(self.task, self.tokenizer, cfg.data.prompt_format)
         self.heldout_data = None
         if cfg.heldout.enabled:
             no_ood = OODSection(enabled=False)
@@ -526,7 +531,9 @@ class IterVerifyEngine:
             records = build_update_set(
                 questions, masks, cfg.update, cfg.max_pairs_per_question, derive_seed(cfg.seed, t, "build")
             )
-            metrics = round_metrics([q.rewards for q in questions], masks, [q.responses for q in questions])
+            texts = [q.responses for q in questions]
+            answers = [[self.task.extract(r) for r in row] for row in texts]
+            metrics = round_metrics([q.rewards for q in questions], masks, texts, answers)
             judgements = sum(d["n_judgements"] for d in scores["methods"].values())
             failures = sum(d["n_failed"] for d in scores["methods"].values())
             metrics["unparseable"] = failures / judgements if judgements else 0.0

@@ -30,6 +30,7 @@ from .gap import (
     threshold_filter,
     update_error,
 )
+from .majority import maj_at_k_per_question, majority_vote
 from .ood import group_disparity, ood_report, parse_level
 from .passk import (
     coverage,
@@ -57,6 +58,8 @@ __all__ = [
     "improvement_decomposition",
     "improvement_set",
     "load_sentence_encoder",
+    "maj_at_k_per_question",
+    "majority_vote",
     "mean_pass_at_k",
     "normalize_equation",
     "ood_report",

@@ -298,6 +298,54 @@ def gap_intervals(
     }
 
 
+def loglinear_fit(
+    flops: Sequence[float], values: Sequence[float], confidence: float = 0.95
+) -> dict[str, float | int | list[float] | None] | None:
+    """Least-squares line of `values` against log10(`flops`) (paper B, Fig. 1: "the relative gap is
+    linear in the log of the pre-training FLOPs"): slope per decade of FLOPs, intercept, and the
+    t interval of the slope (n - 2 degrees of freedom; None below 3 points, where no spread of the
+    residuals is left). None when fewer than 2 points or all FLOPs are equal. The points are
+    models, not questions: the interval says how well the line is pinned by these models only."""
+    pts = [(math.log10(f), float(v)) for f, v in zip(flops, values) if v is not None and f > 0]
+    if len(pts) < 2 or len({x for x, _ in pts}) < 2:
+        return None
+    x = np.array([p[0] for p in pts])
+    y = np.array([p[1] for p in pts])
+    n = len(pts)
+    dx, dy = x - x.mean(), y - y.mean()
+    sxx, syy = float(dx @ dx), float(dy @ dy)
+    slope = float(dx @ dy) / sxx
+    intercept = float(y.mean()) - slope * float(x.mean())
+    ci = None
+    if n >= 3:
+        residual = y - (intercept + slope * x)
+        se = math.sqrt(float(residual @ residual) / (n - 2) / sxx)
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 2)) * se
+        ci = [slope - half, slope + half]
+    r = float(dx @ dy) / math.sqrt(sxx * syy) if np.ptp(y) > 0 else None  # undefined for equal values
+    return {"slope": slope, "intercept": intercept, "slope_ci": ci, "n": n, "r": r}
+
+
+def pearson_interval(
+    x: Sequence[float], y: Sequence[float], confidence: float = 0.95
+) -> tuple[float | None, list[float] | None]:
+    """Pearson r and its Fisher-z interval (tanh(atanh r ± z / sqrt(n - 3)); None below 4 pairs);
+    r is None when either side is constant. The pairs are taken as independent (one per question)."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(xs) != len(ys):
+        raise ValueError(f"pearson_interval: {len(xs)} x values but {len(ys)} y values")
+    if len(xs) < 2 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return None, None
+    r = float(np.corrcoef(xs, ys)[0, 1])
+    if len(xs) < 4:
+        return r, None
+    if abs(r) >= 1.0:
+        return r, [r, r]
+    half = float(stats.norm.ppf(0.5 + confidence / 2)) / math.sqrt(len(xs) - 3)
+    z = math.atanh(r)
+    return r, [math.tanh(z - half), math.tanh(z + half)]
+
+
 def check_stats(alpha: object, effect: object, primary: object = None, where: str = "config") -> None:
     """Config errors naming the key: alpha in (0, 1), a power effect > 0, and primary metrics a
     non-empty list of distinct metric names."""

@@ -235,6 +235,29 @@ def plot_run(
     return [p for p in made if p is not None]
 
 
+def plot_overlay(runs: Sequence[RunRecord], key: str, path: Path) -> Path | None:
+    """One metric against the iteration, one line per run, each with its (1 - alpha) interval as a
+    band (the `<key>/ci_low` / `<key>/ci_high` values the run logged beside it); None when no run
+    has the metric."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    iterations: set[int] = set()
+    drawn = False
+    for run in runs:
+        xs, ys = run.series(key)
+        lows, highs = run.series(f"{key}/ci_low")[1], run.series(f"{key}/ci_high")[1]
+        bands = [(lo, hi) if lo is not None and hi is not None else None for lo, hi in zip(lows, highs)]
+        iterations.update(xs)
+        drawn |= _line(ax, xs, ys, bands, label=run.label)
+    if not drawn:
+        plt.close(fig)
+        return None
+    _iteration_axis(ax, sorted(iterations))
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} per iteration")
+    _legend(ax, fontsize=8)
+    return _save(fig, path)
+
+
 def plot_comparison(runs: Sequence[RunRecord], folder: Path) -> list[Path]:
     """Plots with one line per run (e.g. one per paradigm): pass@1 and OOD whole accuracy."""
     made = [plot_pass_at_1(runs, folder / "pass_at_1.png")]

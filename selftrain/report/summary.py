@@ -93,6 +93,7 @@ def _key_order(key: str) -> tuple[int, str, float, str]:
         "pass@1/",
         "coverage",
         "pass@k/",
+        "maj@k/",
         "greedy/",
         "is/",
         "diversity/",

@@ -66,7 +66,7 @@ def direction(key: str) -> int:
         return -1
     if key.startswith(_NO_VERDICT_PREFIXES) or key.endswith("/n_questions") or key in _DUPLICATES:
         return 0
-    if key.startswith(("pass@", "coverage", "diversity/", "ood/")):
+    if key.startswith(("pass@", "maj@", "coverage", "diversity/", "ood/")):
         return 1
     return 0
 
@@ -200,6 +200,10 @@ def model_data(d: dict[str, Any], name: str, path: Path, equations: bool = True)
         diversity = _diversity_from_samples(eval_dir, n, equations, out)
     for key, values in (diversity or {}).items():
         out.metrics[key] = Metric("test", stats.mean_statistic(values))
+    for key, values in (d.get("majority") or {}).items():  # maj@k/<k>, per question
+        out.metrics[key] = Metric("test", stats.mean_statistic(values))
+    if d.get("majority") is None:
+        out.unavailable["maj@k/*"] = "details.json predates maj@k (no per-question majority votes)"
 
     ood = d.get("ood_rewards") or []
     if ood:

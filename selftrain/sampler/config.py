@@ -44,6 +44,7 @@ class SamplingParams:
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = 0  # keep the k largest logits (ties kept) before top-p; 0 = off
     max_new_tokens: int = 512
     stop: tuple[str, ...] = ()
     seed: int = 0
@@ -56,6 +57,8 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) \
                 or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")

@@ -47,9 +47,9 @@ def to_rows(vocab_major: torch.Tensor, rows: int | None = None, out: torch.Tenso
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor,
-           logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+           logprobs: bool = False, top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token ids [R] for logits [R, V] and uniforms [R] (float64), and each chosen token's
-    log-probability at temperature 1 when `logprobs`."""
+    log-probability at temperature 1 when `logprobs`; top_k 0 = off (sampling.py's rule)."""
     _check("logits", logits, torch.float32, 2)
     _check("uniforms", uniforms, torch.float64, 1)
     R, V = logits.shape
@@ -59,6 +59,6 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, uniforms: tor
     logps = torch.empty(R, dtype=torch.float32) if logprobs else None
     _kernel().sample(
         logits.data_ptr(), uniforms.data_ptr(), tokens.data_ptr(), 0 if logps is None else logps.data_ptr(),
-        R, V, float(temperature), float(top_p), torch.get_num_threads(),
+        R, V, float(temperature), float(top_p), int(top_k), torch.get_num_threads(),
     )
     return tokens, logps

@@ -123,7 +123,7 @@ class Engine:
             [s.num_generated for s in owners],
         )).to(logits.device)
         tokens, token_logps = select_tokens(row_logits, params.temperature, params.top_p, uniforms,
-                                            params.logprobs)
+                                            params.logprobs, params.top_k)
         logps = token_logps.tolist() if token_logps is not None else None
         for k, (seq, tok) in enumerate(zip(owners, tokens.tolist())):
             seq.token_ids.append(tok)

@@ -214,6 +214,7 @@ class Sampler:
         temperature: float = 0.0,
         top_p: float = 1.0,
         max_new_tokens: int = 512,
+        top_k: int = 0,
         stop: str | Seq[str] | None = None,
         seed: int = 0,
         logprobs: bool = False,
@@ -226,7 +227,8 @@ class Sampler:
         i is the prompt's index in `prompts` (the global index under data parallelism).
         """
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
+                                max_new_tokens=max_new_tokens,
                                 stop=stops, seed=seed, logprobs=logprobs)
         if isinstance(prompts, (str, bytes)):
             raise TypeError("prompts must be a list of prompts, not a single string")

@@ -1,9 +1,15 @@
-"""Token selection: greedy, or temperature + top-p with counter-based randomness.
+"""Token selection: greedy, or temperature + top-k + top-p with counter-based randomness.
 
 The random number behind the token drawn for sample j of prompt i at generation step s is
 `counter_uniform(seed, i, j, s)`: a pure function of those four integers (splitmix64 rounds),
 never a stateful generator. A request therefore draws the same numbers whether it runs alone
 or among hundreds of others, before or after a preemption, on any rank of a data-parallel run.
+
+Top-k (0 = off) comes first and acts on the logits: every token whose logit is below the k-th
+largest logit of its row is dropped (ties at the k-th value are all kept), exactly as a -inf
+logit; temperature and top-p then act on what is left, renormalised (the order of HF's and vLLM's
+warpers: top-k, then top-p over the top-k probabilities). Comparing raw logits makes the top-k set
+exact in any implementation (no rounding is involved).
 
 Selection is inverse-CDF sampling in token-id order: the nucleus is every token whose
 probability is at least that of the last token of the smallest top-probability set reaching
@@ -73,13 +79,23 @@ def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return thresh
 
 
+def apply_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """logits [R, V] with every entry below its row's k-th largest value set to -inf (ties at the
+    k-th value kept); unchanged when top_k is 0 (off) or reaches the vocabulary."""
+    if top_k <= 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(top_k, dim=-1, sorted=True).values[:, -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
 def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor
+    logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor, top_k: int = 0
 ) -> torch.Tensor:
-    """Token ids [R] for fp32 logits [R, V] and uniforms [R]; greedy (first max) at temperature 0."""
+    """Token ids [R] for fp32 logits [R, V] and uniforms [R]; greedy (first max) at temperature 0
+    (top-k never drops the largest logit, so greedy ignores it)."""
     if temperature == 0:
         return logits.argmax(-1)
-    scaled = logits / temperature
+    scaled = apply_top_k(logits, top_k) / temperature
     if logits.device.type != "cpu":
         # on a GPU sorting the whole vocabulary is cheap and keeps every shape fixed; the CPU fast
         # path below picks rows with nonzero(), and each of those waits for the GPU (measured: the
@@ -137,12 +153,12 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def select_tokens(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor,
-                  logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  logprobs: bool = False, top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The engine's token choice: tokens [R] (and their temperature-1 log-probabilities when
     `logprobs`). fp32 logits on the CPU go through csrc/cpu_logits.c (5-8x faster than the torch
     code above at 64-400 rows); everything else through `sample_tokens` / `token_logprobs`."""
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and cpu_logits.available():
         uniforms = uniforms.to(torch.float64)
-        return cpu_logits.sample(logits.contiguous(), temperature, top_p, uniforms, logprobs)
-    tokens = sample_tokens(logits, temperature, top_p, uniforms)
+        return cpu_logits.sample(logits.contiguous(), temperature, top_p, uniforms, logprobs, top_k)
+    tokens = sample_tokens(logits, temperature, top_p, uniforms, top_k)
     return tokens, token_logprobs(logits, tokens) if logprobs else None

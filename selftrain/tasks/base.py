@@ -16,6 +16,7 @@ from selftrain.tasks.common import (
     read_records,
     render_prompt,
     take_limit,
+    uses_chat_template,
 )
 
 
@@ -51,11 +52,15 @@ class Task:
         self._check_split(split)
         return take_limit(self._load_split(split, path), limit)
 
-    def prompt(self, example: Example, tokenizer: Any = None, shots: int = 0) -> str:
-        """Zero-shot by default; `shots=k` puts k worked examples first. Chat template when available."""
+    def prompt(
+        self, example: Example, tokenizer: Any = None, shots: int = 0, prompt_format: str = "chat"
+    ) -> str:
+        """Zero-shot by default; `shots=k` puts k worked examples first. prompt_format "chat": the
+        tokenizer's chat template when it has one; "fewshot": plain text whatever the tokenizer."""
+        template = tokenizer if uses_chat_template(tokenizer, prompt_format) else None
         pairs = self._exemplars(example, shots)
         turns = [(self.format_question(ex), response) for ex, response in pairs]
-        return render_prompt(self.instruction, turns, self.format_question(example), tokenizer)
+        return render_prompt(self.instruction, turns, self.format_question(example), template)
 
     def user_message(self, example: Example) -> str:
         """The instruction and the question as one user message (what a chat prompt's last turn holds)."""

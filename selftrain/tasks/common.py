@@ -267,6 +267,19 @@ def _box_content(text: str, pos: int) -> str | None:
 # Prompts
 
 
+# chat: the tokenizer's chat template when it has one (plain text otherwise); fewshot: always plain
+# text "Question: ...\nAnswer:\n" blocks, the lm-eval style paper B evaluates base models with.
+PROMPT_FORMATS = ("chat", "fewshot")
+
+
+def uses_chat_template(tokenizer: Any, prompt_format: str = "chat") -> bool:
+    """Whether prompts in `prompt_format` are rendered with `tokenizer`'s chat template (and so end
+    at EOS rather than at the task's stop strings)."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format={prompt_format!r}: must be one of {', '.join(PROMPT_FORMATS)}")
+    return prompt_format == "chat" and bool(getattr(tokenizer, "chat_template", None))
+
+
 def render_prompt(
     instruction: str,
     turns: Sequence[tuple[str, str]],
@@ -281,7 +294,7 @@ def render_prompt(
     then "Question: ...\nAnswer:\n<response>" blocks, ending with "Answer:\n" (the response starts
     on a new line, so the prompt's tokens do not depend on the response's first token).
     """
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+    if uses_chat_template(tokenizer):
         messages: list[dict[str, str]] = []
         for user, assistant in turns:
             messages.append({"role": "user", "content": f"{instruction}\n\n{user}"})

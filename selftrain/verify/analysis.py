@@ -164,20 +164,115 @@ def plot_heatmap(path: str | Path, title: str, generators: Sequence[str], verifi
     return _save(fig, plt, path)
 
 
-def plot_vs_flops(path: str | Path, series: dict[str, list[tuple[float, float | None]]], ylabel: str) -> Path:
-    """Paper B's Fig. 1: a metric (%) against log10 of pre-training FLOPs, one line per filter."""
+def plot_vs_flops(path: str | Path, series: dict[str, list[tuple[float, float | None]]], ylabel: str,
+                  fits: dict[str, dict[str, Any] | None] | None = None) -> Path:
+    """Paper B's Fig. 1: a metric (%) against log10 of pre-training FLOPs, one line of points per
+    filter, and its least-squares line (`metrics.stats.loglinear_fit`) dashed when `fits` has one."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, points in series.items():
         pts = sorted((math.log10(f), 100 * v) for f, v in points if v is not None and f > 0)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="none",
+                              label=label)
+            fit = (fits or {}).get(label)
+            if fit is not None:
+                xs = [pts[0][0], pts[-1][0]]
+                ax.plot(xs, [100 * (fit["intercept"] + fit["slope"] * x) for x in xs], linestyle="--",
+                        color=line.get_color(), label=f"{label}: {100 * fit['slope']:.1f} pts/decade")
     ax.set_xlabel("log10 pre-training FLOPs")
     ax.set_ylabel(ylabel)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.legend()
     fig.tight_layout()
     return _save(fig, plt, path)
+
+
+def plot_threshold_sweep(path: str | Path, sweep: dict[str, list[dict[str, Any]]], title: str) -> Path:
+    """Paper B's Fig. 5: the gap (%) against the filter threshold, one panel per swept method."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, max(len(sweep), 1), figsize=(4.5 * max(len(sweep), 1), 3.6), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], sweep.items()):
+        ax.plot([r["threshold"] for r in rows], [100 * r["gap"] for r in rows], marker="o")
+        ax.set_xlabel(name.replace(":", " ") + " threshold")
+        ax.set_ylabel("gap (%)")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_tournament_rounds(path: str | Path, rounds: list[dict[str, Any]], title: str) -> Path:
+    """Paper B's Fig. 6: survivors' accuracy (left) and the gap against the previous round (right)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    xs = [r["round"] for r in rounds]
+    left.plot(xs, [100 * r["filtered_accuracy"] for r in rounds], marker="o")
+    left.set_xlabel("tournament round")
+    left.set_ylabel("accuracy of the survivors (%)")
+    right.plot(xs[1:], [100 * r["gap_vs_previous"] for r in rounds[1:]], marker="o")
+    right.set_xlabel("tournament round")
+    right.set_ylabel("gap vs previous round (%)")
+    right.axhline(0.0, color="grey", linewidth=0.8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_gap_histogram(path: str | Path, distributions: dict[str, dict[str, Any]], title: str) -> Path:
+    """Paper B's Fig. 7 (left): the per-question gap distribution of each filter, mean and sd."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, d in distributions.items():
+        lefts = [b[0] for b in d["bins"]]
+        ax.bar(lefts, [b[1] for b in d["bins"]], width=d["bin_width"], align="edge", alpha=0.5,
+               label=f"{label} (μ={d['mean']:.3f}, σ={d['sd']:.3f})")
+    ax.set_xlabel("per-question gap")
+    ax.set_ylabel("questions")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_gap_vs_accuracy(path: str | Path, points: dict[str, tuple[Sequence[float], Sequence[float], Any]],
+                         title: str) -> Path:
+    """Paper B's Fig. 19: per-question gap against generation accuracy, Pearson r [interval]."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, (acc, gap, corr) in points.items():
+        r = "n/a" if corr["r"] is None else f"{corr['r']:.2f}"
+        ci = "" if not corr["ci"] else f" [{corr['ci'][0]:.2f}, {corr['ci'][1]:.2f}]"
+        ax.scatter(acc, gap, s=12, alpha=0.6, label=f"{label}: r = {r}{ci}")
+    ax.set_xlabel("generation accuracy of the question")
+    ax.set_ylabel("per-question gap")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_model_figures(out_dir: str | Path, row: dict[str, Any], labels: dict[str, str], name: str
+                       ) -> dict[str, Path]:
+    """Figs. 5, 6, 7 and 19 of one self-verifying model (a gv_gap row with `figures` from
+    `verify.figures.figure_data`) as PNGs `<figure>_<name>.png` in out_dir; {W&B key: path}."""
+    out, fig, model = Path(out_dir), row["figures"], row["generator"]
+    images = {}
+    if fig["threshold_sweep"]:
+        images[f"threshold_sweep/{name}"] = plot_threshold_sweep(
+            out / f"threshold_sweep_{name}.png", fig["threshold_sweep"], model)
+    if fig.get("tournament_by_round"):
+        images[f"tournament_rounds/{name}"] = plot_tournament_rounds(
+            out / f"tournament_rounds_{name}.png", fig["tournament_by_round"], model)
+    distributions = {labels[t]: d for t, d in fig["gap_distribution"].items()}
+    images[f"gap_histogram/{name}"] = plot_gap_histogram(
+        out / f"gap_histogram_{name}.png", distributions, model)
+    results = row["results"]
+    points = {labels[t]: (results[t]["per_question_accuracy"], results[t]["per_question_gap"], c)
+              for t, c in fig["gap_accuracy"].items()}
+    images[f"gap_vs_accuracy/{name}"] = plot_gap_vs_accuracy(
+        out / f"gap_vs_accuracy_{name}.png", points, model)
+    return images
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
