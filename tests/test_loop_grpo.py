@@ -105,3 +105,13 @@ def test_an_unknown_reward_lists_the_registered_ones():
 
     with pytest.raises(ValueError, match=r"rl.reward='nope': unknown; registered: task"):
         make_reward("nope", get_task("arith"))
+
+
+def test_data_set_interventions_are_refused_for_an_online_only_schedule():
+    from selftrain.config import ConfigError, parse_cli
+    from selftrain.loop.config import LoopConfig
+
+    with pytest.raises((ConfigError, ValueError), match="interventions.accumulate_data: shapes the data set"):
+        parse_cli(LoopConfig, ["paradigm=iter_grpo", "interventions.accumulate_data=true"])
+    cfg = parse_cli(LoopConfig, ["paradigm=iter_grpo", "interventions.restart_from_base=true"])
+    assert cfg.interventions.restart_from_base  # an RL block can start from M0 as well

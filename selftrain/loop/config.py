@@ -224,6 +224,7 @@ class LoopConfig:
             raise ValueError(
                 "interventions.restart_from_base with lora: LoRA chains each M_t as an adapter on M_{t-1}"
             )
+        check_online_interventions(self)
         if self.lora is not None and self.dpo.reference != "previous":
             raise ValueError(
                 f"dpo.reference={self.dpo.reference!r} with lora: a LoRA step's reference is the model it "
@@ -258,6 +259,22 @@ def import_plugins(modules: list[str]) -> None:
             importlib.import_module(name)
         except ImportError as e:
             raise ValueError(f"plugins: cannot import {name!r} ({e})") from e
+
+
+def check_online_interventions(cfg: Any) -> None:
+    """accumulate_data and max_samples_per_question shape D_t, which an online step kind (grpo,
+    rloo) does not build: refused when no step of the run's schedule after M1 is offline."""
+    from .paradigms import schedule
+    from .steps import get_step_kind
+
+    kinds = schedule(cfg.paradigm, cfg.iterations)[1:]
+    shaping = [name for name, on in (("accumulate_data", cfg.interventions.accumulate_data),
+               ("max_samples_per_question", cfg.interventions.max_samples_per_question is not None)) if on]
+    if shaping and kinds and all(get_step_kind(k).online for k in kinds):
+        raise ValueError(
+            f"interventions.{shaping[0]}: shapes the data set D_t of offline steps; paradigm "
+            f"{cfg.paradigm!r} runs online RL blocks only ({', '.join(sorted(set(kinds)))}), which build none"
+        )
 
 
 def check_lora_sections(cfg: Any) -> None:

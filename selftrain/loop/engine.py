@@ -495,7 +495,7 @@ class LoopEngine:
         from ..train.grpo import make_reward, rl_block
 
         cfg = self.cfg
-        base = self._model_of(t - 1)
+        base = self._model_of(0 if cfg.interventions.restart_from_base else t - 1)
         step = get_step_kind(kind)
         rcfg = dataclasses.replace(
             cfg.rl,
