@@ -1,8 +1,8 @@
-"""recipes/gv_gap.py end to end: in-process with scripted samplers, and under 2 gloo processes."""
+"""recipes/gv_gap.py (selftrain.verify.gv_gap) end to end: in-process with scripted samplers, and
+under 2 gloo processes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -16,20 +16,9 @@ from test_verify import ScriptedSampler, last_solution
 
 from selftrain.config import ConfigError, parse_cli
 from selftrain.metrics import generation_verification_gap
-from selftrain.verify import keep_masks, parse_filter
+from selftrain.verify import gv_gap, keep_masks, parse_filter
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("gv_gap_recipe", REPO / "recipes" / "gv_gap.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-gv_gap = _recipe()
 
 
 class GeneratorAndJudge(ScriptedSampler):
@@ -185,7 +174,9 @@ def test_gv_gap_config_errors(tmp_path: Path) -> None:
     assert gv_gap.main([f"out_dir={tmp_path}", "n=0"]) == 2
     with pytest.raises(ConfigError, match="prompt_format"):
         _cfg(tmp_path, "prompt_format=plain")
-    for path in sorted((Path(gv_gap.__file__).parent / "configs").glob("gv_gap_paper_*.yaml")):
+    papers = sorted((REPO / "recipes" / "configs").glob("gv_gap_paper_*.yaml"))
+    assert len(papers) == 4, papers
+    for path in papers:
         paper = parse_cli(gv_gap.GVGapConfig, [f"config={path}"])
         assert (paper.shots, paper.prompt_format) == (4, "fewshot"), path
 

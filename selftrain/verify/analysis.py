@@ -1,7 +1,7 @@
 """Turning verifier scores into paper B's numbers: gap tables, cross-verification matrices, plots.
 
 Pure functions over plain data (rewards and scores grouped per question) built on
-`selftrain.metrics`; the recipe `recipes/gv_gap.py` feeds them and writes what they return.
+`selftrain.metrics`; `selftrain.verify.gv_gap` (recipes/gv_gap.py) feeds them and writes what they return.
 """
 
 from __future__ import annotations

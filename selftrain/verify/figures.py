@@ -7,8 +7,8 @@
 - Fig. 7 (left), `gap_distribution`: the per-question gaps of one filter, binned, with mean and sd.
 - Fig. 7 (right) / Fig. 19, `gap_accuracy_correlation`: Pearson r between a question's gap and its
   generation accuracy, with the Fisher-z interval (`metrics.stats.pearson_interval`).
-Pure functions over plain data; `recipes/gv_gap.py` writes them to results.json and draws them
-with `verify.analysis.plot_*`.
+Pure functions over plain data; `selftrain.verify.gv_gap` (recipes/gv_gap.py) writes them to
+results.json and draws them with `verify.analysis.plot_*`.
 """
 
 from __future__ import annotations
