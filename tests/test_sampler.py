@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from tolerances import assert_as_accurate, assert_greedy_matches_hf
+from tolerances import assert_as_accurate, assert_completion_logprobs_accurate, assert_greedy_matches_hf
 
 from selftrain.models import load_model, load_tokenizer
 from selftrain.sampler import Sampler
@@ -72,15 +72,7 @@ def test_logprobs_match_plain_forward(sampler, hf, hf64, tok):
     for prompt, samples in zip(PROMPTS[:3], outs):
         ids = tok(prompt)["input_ids"]
         for c in samples:
-            full = torch.tensor([ids + c.token_ids])
-            rows, chosen = slice(len(ids) - 1, -1), torch.tensor(c.token_ids)[:, None]
-            with torch.no_grad():
-                ref = torch.log_softmax(hf(full).logits[0].float(), -1)[rows].gather(-1, chosen)[:, 0]
-                logits64 = hf64(full).logits[0][rows]
-            truth = torch.log_softmax(logits64, -1).gather(-1, chosen)[:, 0]
-            assert len(c.logprobs) == len(c.token_ids)
-            scale = float(logits64.abs().max() + torch.logsumexp(logits64, -1).abs().max())
-            assert_as_accurate(torch.tensor(c.logprobs), ref, truth, scale=scale)
+            assert_completion_logprobs_accurate(hf, hf64, ids, c.token_ids, c.logprobs)
 
 
 def test_prefix_sharing_prefills_prompt_once(sampler):

@@ -86,22 +86,15 @@ def check_sampler_matches_sdpa_backend(device: str) -> None:
     # a bare 1e-4 between the backends failed once on a loaded machine at 6.8e-4).
     import copy
 
-    from tolerances import assert_as_accurate
+    from tolerances import assert_completion_logprobs_accurate
 
     hf64 = copy.deepcopy(hf).double()
     for prompt, a, b in zip(prompts, outs["triton"], outs["sdpa"]):
         ids = tok(prompt)["input_ids"]
         for ca, cb in zip(a, b):
             assert ca.token_ids == cb.token_ids
-            full = torch.tensor([ids + ca.token_ids])
-            rows, chosen = slice(len(ids) - 1, -1), torch.tensor(ca.token_ids)[:, None]
-            with torch.no_grad():
-                ref = torch.log_softmax(hf(full).logits[0].float(), -1)[rows].gather(-1, chosen)[:, 0]
-                logits64 = hf64(full).logits[0][rows]
-            truth = torch.log_softmax(logits64, -1).gather(-1, chosen)[:, 0]
-            scale = float(logits64.abs().max() + torch.logsumexp(logits64, -1).abs().max())
             for c in (ca, cb):
-                assert_as_accurate(torch.tensor(c.logprobs), ref, truth, scale=scale)
+                assert_completion_logprobs_accurate(hf, hf64, ids, c.token_ids, c.logprobs)
 
 
 CHECKS = [check_kernel_matches_sdpa, check_kernel_refuses_mismatched_inputs,

@@ -216,3 +216,18 @@ def padded_logits(model, sequences: list[list[int]]) -> torch.Tensor:
         ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
     with torch.no_grad():
         return model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.cpu()
+
+
+def assert_completion_logprobs_accurate(hf, hf64, prompt_ids: list[int], token_ids: list[int],
+                                        logprobs: list[float]) -> None:
+    """A sampled completion's log-probs (temperature 1) are as accurate as HF's own fp32 forward
+    over prompt + completion, both against the float64 model `hf64` (assert_as_accurate)."""
+    full = torch.tensor([prompt_ids + token_ids])
+    rows, chosen = slice(len(prompt_ids) - 1, -1), torch.tensor(token_ids)[:, None]
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(full).logits[0].float(), -1)[rows].gather(-1, chosen)[:, 0]
+        logits64 = hf64(full).logits[0][rows]
+    truth = torch.log_softmax(logits64, -1).gather(-1, chosen)[:, 0]
+    assert len(logprobs) == len(token_ids)
+    scale = float(logits64.abs().max() + torch.logsumexp(logits64, -1).abs().max())
+    assert_as_accurate(torch.tensor(logprobs), ref, truth, scale=scale)

@@ -145,15 +145,9 @@ def worker_selftrain(kind: str, records: list[dict], steps: int, model_path: str
     return {"step_s": sum(times) / len(times), "wall_s": wall, "ref_s": rows[0].get("ref/time_s")}
 
 
-def worker_trl(kind: str, records: list[dict], steps: int, model_path: str, extra: dict) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-    cuda = torch.cuda.is_available()  # on CUDA: fp32 weights under bf16 autocast, as selftrain's bf16
-    tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    stamps: list[float] = []
+def _step_clock(stamps: list[float]):
+    """A TrainerCallback class that appends the wall time at every step's start and end."""
+    from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -161,6 +155,20 @@ def worker_trl(kind: str, records: list[dict], steps: int, model_path: str, extr
 
         def on_step_end(self, args, state, control, **kw):
             stamps.append(time.perf_counter())
+
+    return Clock
+
+
+def worker_trl(kind: str, records: list[dict], steps: int, model_path: str, extra: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = torch.cuda.is_available()  # on CUDA: fp32 weights under bf16 autocast, as selftrain's bf16
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    stamps: list[float] = []
+    Clock = _step_clock(stamps)
 
     common = dict(
         output_dir=tempfile.mkdtemp(),
@@ -245,7 +253,7 @@ def worker_selftrain_grpo(records: list[dict], steps: int, model_path: str) -> d
 
 def worker_trl_grpo(records: list[dict], steps: int, model_path: str) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from selftrain.tasks import Example, get_task
@@ -254,13 +262,7 @@ def worker_trl_grpo(records: list[dict], steps: int, model_path: str) -> dict:
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     stamps: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
+    Clock = _step_clock(stamps)
 
     def reward(prompts, completions, answer, **kw):
         return [task.reward(Example("", "", a, {}), c) for c, a in zip(completions, answer)]
