@@ -67,6 +67,7 @@ def test_an_online_rl_iteration_is_measured_like_any_other(tmp_path, paradigm, e
     assert "pass@1" in logged[2] and "coverage" in logged[2]
     report = (out / "report.md").read_text()
     assert "M2" in report and kind in report
+    assert "](plots/rl_curves.png)" in report and (out / "plots" / "rl_curves.png").stat().st_size > 0
 
     # the same command again: every stage is found finished, nothing is recomputed
     before = (out / "iter_2" / "eval" / "metrics.json").read_text()

@@ -219,6 +219,46 @@ def plot_churn(churn: Sequence[dict[str, Any]], path: Path, baseline: str = "M1"
     return _save(fig, path)
 
 
+RL_CURVES = (("reward/mean", "reward"), ("kl", "KL to ref. (k3)"), ("entropy_mc", "entropy (MC, nats)"))
+
+
+def plot_rl_curves(run: RunRecord, path: Path) -> Path | None:
+    """The online RL blocks' per-step curves (iter_<t>/trainer/train_log.jsonl of grpo / rloo
+    iterations): reward with its spread, KL when logged, entropy; one x axis of online steps, a
+    dotted line where each iteration's block starts. None for a run with no online step."""
+    import json
+
+    blocks = []
+    for t in run.iterations:
+        log = run.folder / f"iter_{t}" / "trainer" / "train_log.jsonl"
+        if not log.is_file():
+            continue
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if "reward/mean" in r]
+        if rows:
+            blocks.append((t, rows))
+    if not blocks:
+        return None
+    keys = [(k, label) for k, label in RL_CURVES if any(k in r for _, rows in blocks for r in rows)]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.6 * len(keys)), sharex=True, squeeze=False)
+    start = 0
+    for t, rows in blocks:
+        xs = [start + i + 1 for i in range(len(rows))]
+        for ax, (key, label) in zip(axes[:, 0], keys):
+            ys = [r.get(key) for r in rows]
+            bands = None
+            if key == "reward/mean":
+                bands = [(r[key] - r.get("reward/std", 0.0), r[key] + r.get("reward/std", 0.0)) for r in rows]
+            _line(ax, xs, ys, bands, color="tab:blue", markersize=3)
+            ax.axvline(start + 0.5, color="grey", linestyle=":", linewidth=0.8)
+            ax.text(start + 0.6, 1.0, f"M{t}", transform=ax.get_xaxis_transform(), va="top", fontsize="small")
+            ax.set_ylabel(label, fontsize="small")
+        start += len(rows)
+    axes[-1, 0].set_xlabel("online step")
+    axes[0, 0].set_title("Online RL per step (shaded: reward ± std of the step's answers)", fontsize="medium")
+    return _save(fig, path)
+
+
 def plot_run(
     run: RunRecord, folder: Path, intervals: Intervals | None = None,
     churn: Sequence[dict[str, Any]] = (), baseline: str = "M1",
@@ -231,6 +271,7 @@ def plot_run(
         plot_ood(run, folder / "ood.png", intervals),
         plot_pass_at_k(run, folder / "pass_at_k.png", intervals),
         plot_churn(churn, folder / "churn.png", baseline),
+        plot_rl_curves(run, folder / "rl_curves.png"),
     ]
     return [p for p in made if p is not None]
 
