@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_rl_loss import reference_loss
+from tolerances import assert_as_accurate
 
 from selftrain.config import ConfigError, from_dict
 from selftrain.models import load_model, load_tokenizer
@@ -73,16 +74,23 @@ def test_update_matches_float64_formula_on_full_logits(advantage, aggregation, b
     totals = _update(scorer, rollouts, cfg, tok.pad_token_id or 0, CPU)
     got = {n: p.grad for n, p in scorer.model.named_parameters()}
 
-    m64 = copy.deepcopy(base).double()
-    logps = [_hf_token_logps(m64, s.sequences[0], s.prompt_lens[0], cfg.temperature) for s in seqs]
-    want = reference_loss(logps, old, ref, rewards, cfg, cfg.max_new_tokens)
-    want.backward()
-    assert totals["loss"] == pytest.approx(float(want.detach()), rel=1e-4, abs=1e-6)
-    for n, p in m64.named_parameters():
+    # The same formula on HF's full logits twice: in float64 (the truth) and in fp32 (torch's own fp32
+    # path of the same math); ours must be as accurate as the latter (tolerances.assert_as_accurate:
+    # the allowance moves with how the host rounds, AVX2 or AVX-512).
+    losses = {}
+    models = {"64": copy.deepcopy(base).double(), "32": copy.deepcopy(base)}
+    for key, m in models.items():
+        logps = [_hf_token_logps(m, s.sequences[0], s.prompt_lens[0], cfg.temperature) for s in seqs]
+        losses[key] = reference_loss(logps, old, ref, rewards, cfg, cfg.max_new_tokens)
+        losses[key].backward()
+    want = float(losses["64"].detach())
+    assert_as_accurate(torch.tensor([totals["loss"]]), losses["32"].detach().reshape(1), torch.tensor([want]),
+                       scale=abs(want))
+    grads32 = dict(models["32"].named_parameters())
+    for n, p in models["64"].named_parameters():
         if p.grad is None:
             continue
-        scale = float(p.grad.abs().max()) + 1e-12
-        torch.testing.assert_close(got[n].double() / scale, p.grad / scale, rtol=0, atol=2e-4, msg=n)
+        assert_as_accurate(got[n], grads32[n].grad, p.grad, scale=float(p.grad.abs().max()))
 
 
 def test_step_prompts_cover_every_prompt_per_epoch():

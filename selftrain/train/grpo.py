@@ -45,6 +45,7 @@ from .trainer import (
     _read_result,
     _save_full_model,
     lr_factor,
+    run_logger,
 )
 
 REFERENCES = ("previous", "sft", "base")
@@ -306,13 +307,7 @@ def rl_block(
 
     own_logger = logger is None
     if own_logger:
-        logger = RunLogger(
-            out,
-            project=opt.wandb_project,
-            name=out.name,
-            mode=opt.wandb_mode,
-            config={**asdict(cfg), "model": str(model)},
-        )
+        logger = run_logger(out, opt, {**asdict(cfg), "model": str(model)})
     last: dict[str, Any] = {}
     update = 0
     try:

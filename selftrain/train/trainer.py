@@ -233,6 +233,11 @@ def _save_lora(scorer: SequenceScorer, peft_model: Any, lcfg: Any, tokenizer: An
             lora_io.save_merged(out / "model", out / lora_io.MERGED_DIR)
 
 
+def run_logger(out: Path, cfg: TrainConfig, config: dict[str, Any]) -> RunLogger:
+    """The run's own logger (W&B + metrics.jsonl in `out`) when the caller passes none."""
+    return RunLogger(out, project=cfg.wandb_project, name=out.name, mode=cfg.wandb_mode, config=config)
+
+
 def _read_result(out: Path) -> TrainResult:
     path = out / RESULT_FILE
     info = json.loads(path.read_text()) if path.is_file() else {}
@@ -344,19 +349,13 @@ def train(
 
     own_logger = logger is None
     if own_logger:
-        logger = RunLogger(
-            out,
-            project=cfg.wandb_project,
-            name=out.name,
-            mode=cfg.wandb_mode,
-            config={
-                **asdict(cfg),
-                "loss": loss,
-                "model": str(model),
-                "world_size": world,
-                "data": str(data) if isinstance(data, (str, Path)) else "<in-memory>",
-            },
-        )
+        logger = run_logger(out, cfg, {
+            **asdict(cfg),
+            "loss": loss,
+            "model": str(model),
+            "world_size": world,
+            "data": str(data) if isinstance(data, (str, Path)) else "<in-memory>",
+        })
     step_runner = _Step(scorer, cfg, loss, examples, ref, pad_id, device)
     lengths = [ex.length for ex in examples]
     last: dict[str, Any] = {}
