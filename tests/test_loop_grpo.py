@@ -102,7 +102,7 @@ def test_a_block_killed_midway_reruns_to_the_uninterrupted_result(tmp_path):
 
 def test_an_unknown_reward_lists_the_registered_ones():
     from selftrain.tasks import get_task
-    from selftrain.train.grpo import make_reward
+    from selftrain.train.rewards import make_reward
 
     with pytest.raises(ValueError, match=r"rl.reward='nope': unknown; registered: task"):
         make_reward("nope", get_task("arith"))

@@ -229,7 +229,8 @@ def grpo_prompts(tok) -> list[dict]:
 def worker_selftrain_grpo(records: list[dict], steps: int, model_path: str) -> dict:
     from selftrain.tasks import Example, get_task
     from selftrain.train import TrainConfig
-    from selftrain.train.grpo import RLConfig, read_curve, rl_block, task_reward
+    from selftrain.train.grpo import RLConfig, read_curve, rl_block
+    from selftrain.train.rewards import task_reward
 
     task = get_task("arith")
     examples = [Example(r["id"], "", r["answer"], {}) for r in records]

@@ -492,7 +492,8 @@ class LoopEngine:
         """M_t = a block of online RL steps from M_{t-1} on the training questions, graded by the
         task (rl_block samples from the current policy in process); per-step rows (reward, KL,
         clip fraction, ...) in iter_t/trainer/train_log.jsonl."""
-        from ..train.grpo import make_reward, rl_block
+        from ..train.grpo import rl_block
+        from ..train.rewards import make_reward
 
         cfg = self.cfg
         base = self._model_of(0 if cfg.interventions.restart_from_base else t - 1)
@@ -503,7 +504,8 @@ class LoopEngine:
             optim=dataclasses.replace(cfg.rl.optim, seed=derive_seed(cfg.seed, t, "train")),
         )
         references = {"previous": base, "sft": self._model_of(1), "base": cfg.model}
-        reward = make_reward(rcfg.reward, self.task)  # an unknown name fails before anything runs
+        # an unknown name or option fails here, before anything runs
+        reward = make_reward(rcfg.reward, self.task, rcfg.reward_options)
 
         def compute(tmp: Path) -> None:
             from ..models import is_complete_checkpoint

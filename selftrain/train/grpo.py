@@ -5,7 +5,8 @@ Each step of a block:
 1. refresh the sampler's weights from the trainer's policy in process (`Sampler.load_weights`; no
    checkpoint is written or read) and sample `group_size` responses to each of `prompts_per_step`
    prompts (the prompts of step s are a seeded draw, so a rerun samples the same ones);
-2. grade every response with the reward function (a task's grader: `task_reward(task)`);
+2. grade every response with the reward (`selftrain.train.rewards`: the task's grader, a
+   self-verifier, or a reward a user registers);
 3. advantages per group (`selftrain.train.rl.group_advantages`);
 4. `updates_per_batch` optimizer steps on the batch, each over micro-batches whose losses use the
    whole batch's normalisers (`rl.token_weights`), so the split does not change the result. The
@@ -25,7 +26,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -35,6 +36,7 @@ from ..report import RunLogger, write_json_atomic
 from .config import TrainConfig
 from .data import IGNORE, Example, _prompt_ids, collate
 from .fsdp import SequenceScorer, compute_dtype, full_model_state_dict, wrap_for_training
+from .rewards import Reward, grade
 from .rl import RLLossConfig, clipped_token_loss, group_advantages, token_weights
 from .trainer import (
     RESULT_FILE,
@@ -49,8 +51,6 @@ from .trainer import (
 )
 
 REFERENCES = ("previous", "sft", "base")
-# reward(example, completion) -> float; completion is a sampler Completion (text, token_ids, ...)
-Reward = Callable[[Any, Any], float]
 
 
 @dataclass
@@ -79,7 +79,8 @@ class RLConfig(RLLossConfig):
     # (the iteration's starting policy, GRPO's reference refreshed each round), "sft" = M1,
     # "base" = M0.
     reference: str = "previous"
-    reward: str = "task"  # a registered reward (register_reward): "task" = the task's own grader
+    reward: str = "task"  # a registered reward (rewards.register_reward): "task" = the task's grader
+    reward_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of its factory
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,34 +118,6 @@ class RLConfig(RLLossConfig):
             )
         if self.optim.lora is not None:
             raise ValueError("RLConfig.optim.lora: LoRA is not supported for online RL yet")
-
-
-def task_reward(task: Any) -> Reward:
-    """The reward of a task's grader: task.reward(example, completion text)."""
-    return lambda example, completion: float(task.reward(example, completion.text))
-
-
-# name -> factory(task) -> Reward; `rl.reward` in a loop config picks one. A user's reward is one
-# file calling register_reward, imported with the config's `plugins=` (docs/extending.md).
-RewardFactory = Callable[[Any], Reward]
-_REWARDS: dict[str, RewardFactory] = {"task": task_reward}
-
-
-def register_reward(name: str, factory: RewardFactory, *, replace: bool = False) -> RewardFactory:
-    """Register `factory(task) -> reward(example, completion) -> float` under `name`."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"reward name must be a non-empty string, got {name!r}")
-    if name in _REWARDS and not replace:
-        raise ValueError(f"reward {name!r} is already registered (pass replace=True to override)")
-    _REWARDS[name] = factory
-    return factory
-
-
-def make_reward(name: str, task: Any) -> Reward:
-    """The registered reward `name` for `task` (an unknown name lists the registered ones)."""
-    if name not in _REWARDS:
-        raise ValueError(f"rl.reward={name!r}: unknown; registered: {', '.join(sorted(_REWARDS))}")
-    return _REWARDS[name](task)
 
 
 def _policy_state(scorer: SequenceScorer) -> dict[str, torch.Tensor]:
@@ -326,7 +299,7 @@ def rl_block(
                 progress=False,
             )
             sample_s = time.perf_counter() - t0
-            rewards = torch.tensor([[reward(examples[i], c) for c in group] for i, group in zip(idx, outs)])
+            rewards = torch.tensor(grade(reward, [examples[i] for i in idx], outs, sampler))
             adv, flat = group_advantages(rewards, cfg.advantage, cfg.std_eps)
             seqs = [
                 Example(k, [prompt_ids[i] + c.token_ids], [len(prompt_ids[i])])
