@@ -299,7 +299,8 @@ def rl_block(
                 progress=False,
             )
             sample_s = time.perf_counter() - t0
-            rewards = torch.tensor(grade(reward, [examples[i] for i in idx], outs, sampler))
+            scores, reward_stats = grade(reward, [examples[i] for i in idx], outs, sampler)
+            rewards = torch.tensor(scores)
             adv, flat = group_advantages(rewards, cfg.advantage, cfg.std_eps)
             seqs = [
                 Example(k, [prompt_ids[i] + c.token_ids], [len(prompt_ids[i])])
@@ -359,6 +360,7 @@ def rl_block(
             }
             if ref_scorer is not None:
                 row["kl"] = first["kl"] / n_tok
+            row.update(reward_stats)
             logger.log(row, step=step + 1)
             last = row
         del optimizer

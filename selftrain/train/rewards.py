@@ -6,7 +6,8 @@ A reward is either
   grader, `task_reward`, is one), or
 - an object with `score_groups(examples, groups, policy_sampler) -> list[list[float]]`, called once
   per step with every sampled group; it gets the sampler holding the *current* policy weights, so a
-  reward can ask the policy itself (a self-verifier) without loading another model.
+  reward can ask the policy itself (a self-verifier) without loading another model. It may also
+  have `step_stats() -> dict[str, float]`: extra values of the last call, logged with the step.
 
 A user's reward is one file that calls `register_reward(name, factory)`, imported with the loop
 config's `plugins=`; `factory(task, **rl.reward_options)` returns the reward (docs/extending.md).
@@ -51,13 +52,15 @@ def make_reward(name: str, task: Any, options: dict[str, Any] | None = None) -> 
 
 def grade(
     reward: Reward, examples: Sequence[Any], groups: Sequence[Sequence[Any]], policy_sampler: Any
-) -> list[list[float]]:
-    """Rewards of every response: groups[q][i] is response i to examples[q] (a sampler Completion)."""
+) -> tuple[list[list[float]], dict[str, float]]:
+    """Rewards of every response (groups[q][i] is response i to examples[q], a sampler Completion)
+    and the reward's own per-step statistics (empty for a plain function)."""
     if hasattr(reward, "score_groups"):
         scores = reward.score_groups(examples, groups, policy_sampler)
         shape = [len(g) for g in groups]
         if [len(row) for row in scores] != shape:
             sizes = [len(row) for row in scores]
             raise ValueError(f"reward {reward!r} returned groups of sizes {sizes}, expected {shape}")
-        return [[float(s) for s in row] for row in scores]
-    return [[float(reward(ex, c)) for c in group] for ex, group in zip(examples, groups)]
+        stats = reward.step_stats() if hasattr(reward, "step_stats") else {}
+        return [[float(s) for s in row] for row in scores], dict(stats)
+    return [[float(reward(ex, c)) for c in group] for ex, group in zip(examples, groups)], {}
