@@ -88,6 +88,13 @@ class JsonlTrainLogger:
             if isinstance(loss, (int, float)):
                 self._bar.set_postfix(loss=f"{loss:.4f}")
 
+    def rewind(self, step: int) -> None:
+        """Drop rows after `step` (a resumed block redoes those steps)."""
+        if dist.is_main():
+            from ..report.logger import rewind_jsonl
+
+            rewind_jsonl(self.path, step)
+
     def log_image(self, *args: Any, **kwargs: Any) -> None:
         pass
 

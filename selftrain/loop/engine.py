@@ -508,15 +508,10 @@ class LoopEngine:
         reward = make_reward(rcfg.reward, self.task, rcfg.reward_options)
 
         def compute(tmp: Path) -> None:
-            from ..models import is_complete_checkpoint
-
             self.samplers.release()
+            # rl_block resumes from out_dir/state when `rl.optim.save_every` saved one, and rewinds
+            # this log to that step (to 0 when there is none: a killed block then starts over)
             out_dir = self.iter_dir(t) / "trainer"
-            if dist.is_main() and not is_complete_checkpoint(out_dir / "model"):
-                # a block has no resumable state inside: a killed one starts over from M_{t-1}
-                # (seeded, so the same steps), and so does its per-step log
-                (out_dir / "train_log.jsonl").unlink(missing_ok=True)
-            dist.barrier()
             log = JsonlTrainLogger(
                 out_dir / "train_log.jsonl", total_steps=rcfg.steps, desc=f"train M{t} ({kind})",
                 show_progress=self.show_progress,

@@ -62,6 +62,17 @@ def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def rewind_jsonl(path: str | os.PathLike, step: int) -> None:
+    """Drop the rows of `path` logged for steps after `step` (a resumed run redoes them)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
 class RunLogger:
     """Logs scalar dicts to `<out_dir>/<jsonl_name>` and to W&B (rank 0 only).
 
@@ -117,6 +128,11 @@ class RunLogger:
         if self._wandb is not None:
             flat = {k: v for k, v in _jsonable(metrics).items() if isinstance(v, (int, float))}
             self._wandb.log(flat, step=step)
+
+    def rewind(self, step: int) -> None:
+        """Forget metrics.jsonl rows after `step` (W&B keeps what it has: its steps only go forward)."""
+        if self.enabled:
+            rewind_jsonl(self.jsonl, step)
 
     def log_image(self, key: str, png_path: str | os.PathLike, step: int | None = None) -> None:
         if not self.enabled or self._wandb is None:

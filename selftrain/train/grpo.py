@@ -14,15 +14,18 @@ Each step of a block:
    policy's ("old") log-probs from the same forward before the first update (with one update the
    ratio is exactly 1 and its gradient is the plain policy gradient, as in GRPO's mu = 1).
 
-The optimizer (AdamW, no decay on vectors), the warm-up + cosine schedule, gradient clipping and
-the model wrapping are the SFT/DPO trainer's own (`selftrain.train.trainer`). docs/rl.md.
+The optimizer (AdamW, no decay on vectors), the warm-up + cosine schedule, gradient clipping, the
+model wrapping (FSDP2 under torchrun) and the resumable saves (`selftrain.train.state`) are the
+SFT/DPO trainer's own (`selftrain.train.trainer`). docs/rl.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,10 +35,11 @@ import torch
 
 from .. import dist
 from ..models import declared_dtype, is_complete_checkpoint, load_model, load_tokenizer
-from ..report import RunLogger, write_json_atomic
+from ..report import write_json_atomic
+from . import state as state_io
 from .config import TrainConfig
 from .data import IGNORE, Example, _prompt_ids, collate
-from .fsdp import SequenceScorer, compute_dtype, full_model_state_dict, wrap_for_training
+from .fsdp import SequenceScorer, compute_dtype, set_gradient_sync, wrap_for_training
 from .rewards import Reward, grade
 from .rl import RLLossConfig, clipped_token_loss, group_advantages, token_weights
 from .trainer import (
@@ -59,8 +63,9 @@ class RLConfig(RLLossConfig):
 
     The optimizer settings come from `optim` (a TrainConfig): lr, warmup_ratio, min_lr_ratio,
     weight_decay, adam_*, grad_clip, micro_batch_size (responses per forward), dtype,
-    activation_checkpointing, seed, wandb_*. Its epochs / global_batch_size / max_length / beta /
-    rpo_alpha / label_smoothing / max_steps / save_every do not apply to RL and must stay unset.
+    activation_checkpointing, seed, save_every / keep_states (resumable saves inside the block),
+    wandb_*. Its epochs / global_batch_size / max_length / beta / rpo_alpha / label_smoothing /
+    max_steps do not apply to RL and must stay unset.
     """
 
     steps: int = 16  # online steps (each: sample, grade, update) per block
@@ -109,7 +114,6 @@ class RLConfig(RLLossConfig):
             "rpo_alpha",
             "label_smoothing",
             "max_steps",
-            "save_every",
         )
         changed = [n for n in unused if getattr(self.optim, n) != getattr(default, n)]
         if changed:
@@ -121,14 +125,12 @@ class RLConfig(RLLossConfig):
 
 
 def _policy_state(scorer: SequenceScorer) -> dict[str, torch.Tensor]:
-    """The policy's full weights on this process, for the sampler (no copy on one process)."""
-    if not dist.is_initialized():
-        return scorer.model.state_dict()
-    if dist.world_size() > 1:
-        raise NotImplementedError(
-            "online RL runs on one process for now (the multi-rank weight sync is not built)"
-        )
-    return full_model_state_dict(scorer)
+    """The policy's full weights on every process, for its sampler: under FSDP2 one all-gather per
+    tensor (`DTensor.full_tensor`), on one process the module's own tensors (the sampler copies)."""
+    return {
+        name: value.full_tensor() if hasattr(value, "full_tensor") else value
+        for name, value in scorer.model.state_dict().items()
+    }
 
 
 def _step_prompts(n_prompts: int, per_step: int, seed: int, step: int) -> list[int]:
@@ -194,12 +196,22 @@ def _update(
     cfg: RLConfig,
     pad_id: int,
     device: torch.device,
+    n_tokens: int | None = None,
+    n_seqs: int | None = None,
 ) -> dict[str, float]:
-    """Forward/backward of one optimizer step over the whole batch; returns summed statistics."""
-    n_seqs = len(rollouts.examples)
-    n_tokens = int(rollouts.lengths.sum())
-    totals = {"loss": 0.0, "pg_loss": 0.0, "clipped": 0.0, "kl": 0.0, "neg_logp": 0.0}
-    for k, idx in enumerate(_micro_batches(n_seqs, cfg.optim.micro_batch_size)):
+    """Forward/backward of one optimizer step over this rank's sequences of the batch; returns
+    statistics summed over every rank. `n_tokens` / `n_seqs` count the whole batch (all ranks;
+    default: this rank's rollouts are the whole batch): the loss's normalisers, so that the split
+    over ranks and micro-batches does not change the result."""
+    n_local = len(rollouts.examples)
+    n_tokens = int(rollouts.lengths.sum()) if n_tokens is None else n_tokens
+    n_seqs = n_local if n_seqs is None else n_seqs
+    world = dist.world_size()
+    names = ("loss", "pg_loss", "clipped", "kl", "neg_logp")
+    totals = torch.zeros(len(names), dtype=torch.float64)
+    micros = _micro_batches(n_local, cfg.optim.micro_batch_size)
+    for k, idx in enumerate(micros):
+        set_gradient_sync(scorer, k == len(micros) - 1)
         logp, rows = _forward(scorer, [rollouts.examples[j] for j in idx], pad_id, device, cfg.temperature)
         seq = torch.tensor(idx, device=device)[rows]
         old = rollouts.old_logp[k] if rollouts.old_logp else logp.detach()
@@ -208,13 +220,38 @@ def _update(
         loss, stats = clipped_token_loss(
             logp, old, rollouts.advantages.to(device)[seq], w.to(device), cfg, ref
         )
-        loss.backward()
-        totals["loss"] += float(loss.detach())
-        totals["pg_loss"] += float(stats["pg_loss"])
-        totals["clipped"] += float(stats["clipped"])
-        totals["kl"] += float(stats.get("kl", 0.0))
-        totals["neg_logp"] += float(-logp.detach().sum())
-    return totals
+        # FSDP2 averages gradients over ranks; the loss is a sum over the whole batch
+        (loss * world).backward()
+        totals += torch.tensor([
+            float(loss.detach()),
+            float(stats["pg_loss"]),
+            float(stats["clipped"]),
+            float(stats.get("kl", 0.0)),
+            float(-logp.detach().sum()),
+        ], dtype=torch.float64)
+    if dist.is_initialized():
+        totals = totals.to(device)
+        torch.distributed.all_reduce(totals)
+    return dict(zip(names, totals.tolist()))
+
+
+def _run_key(cfg: RLConfig, model: str | Path, ref_model: str | Path | None, prompts: Sequence[str]) -> dict:
+    """What a saved state must match to be resumed: every setting that changes the trajectory."""
+    key = {k: v for k, v in asdict(cfg).items() if k not in ("optim", "kv_cache_tokens", "max_num_seqs")}
+    digest = hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
+    return {
+        "rl": key,
+        "optim": cfg.optim.trajectory_key(),
+        "model": str(model),
+        "ref_model": str(ref_model) if cfg.beta > 0 else None,
+        "prompts": digest,
+    }
+
+
+def _local_groups(n_groups: int) -> range:
+    """This rank's groups of a step: consecutive equal slices (rl_block checks divisibility)."""
+    per = n_groups // dist.world_size()
+    return range(dist.rank() * per, (dist.rank() + 1) * per)
 
 
 def rl_block(
@@ -226,12 +263,18 @@ def rl_block(
     out_dir: str | Path,
     ref_model: str | Path | None = None,
     stop: Sequence[str] = (),
-    logger: RunLogger | None = None,
+    logger: Any = None,
 ) -> TrainResult:
     """Run `cfg.steps` online RL steps from `model` on the questions `examples` (their rendered
     `prompts`), graded by `reward`; save the policy after the block at out_dir/model (an HF folder)
     and per-step rows in the run log. `ref_model` is the KL reference (needed when cfg.beta > 0).
-    Returns at once when out_dir/model is complete."""
+
+    Collective under torchrun: every rank samples its share of the step's prompts (the sampler
+    shards them and gathers the completions on every rank), grades the whole step, and trains on
+    its share of the groups under FSDP2; the result equals one process's. With
+    `cfg.optim.save_every` the model, optimizer and step are saved to out_dir/state every that many
+    steps, and a rerun resumes from the newest save (the logger's rows after it are dropped: a
+    logger may have `rewind(step)`). Returns at once when out_dir/model is complete."""
     from ..sampler import Sampler
 
     if len(examples) != len(prompts) or not prompts:
@@ -240,14 +283,16 @@ def rl_block(
         )
     if cfg.beta > 0 and ref_model is None:
         raise ValueError("beta > 0 needs a reference model (ref_model)")
+    world = dist.world_size()
+    if cfg.prompts_per_step % world:
+        raise ValueError(
+            f"rl.prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world} processes "
+            f"(each trains on the same number of groups)"
+        )
     out = Path(out_dir)
     final_dir = out / "model"
     if dist.broadcast_object(is_complete_checkpoint(final_dir) if dist.is_main() else None):
         return _read_result(out)
-    if dist.is_initialized() and dist.world_size() > 1:
-        raise NotImplementedError(
-            "online RL runs on one process for now (the multi-rank weight sync is not built)"
-        )
     opt = cfg.optim
     device = dist.default_device()
     cdtype = compute_dtype(opt.dtype, device)
@@ -268,23 +313,38 @@ def rl_block(
         )
         ref_scorer.eval().requires_grad_(False)
     optimizer = _make_optimizer(scorer, opt)
+
+    run_key = _run_key(cfg, model, ref_model, prompts)
+    state_root = out / "state"
+    start = 0
+    latest = dist.broadcast_object(str(state_io.latest_state(state_root) or "") if dist.is_main() else None)
+    if latest:
+        saved = json.loads((Path(latest) / "meta.json").read_text())
+        if saved.get("run_key") != json.loads(json.dumps(run_key)):
+            raise RuntimeError(
+                f"{latest} was saved by an RL block with other settings, prompts or model; remove "
+                f"{state_root} or choose another out_dir"
+            )
+        start = int(state_io.load_state(Path(latest), scorer, optimizer)["step"])
     sampler = Sampler(
         str(model),
         tokenizer=tokenizer,
         max_num_seqs=cfg.max_num_seqs,
         kv_cache_tokens=cfg.kv_cache_tokens,
-        data_parallel=False,
+        data_parallel=True,
     )
     total = cfg.steps * cfg.updates_per_batch
     warmup = math.ceil(opt.warmup_ratio * total)
 
     own_logger = logger is None
     if own_logger:
-        logger = run_logger(out, opt, {**asdict(cfg), "model": str(model)})
+        logger = run_logger(out, opt, {**asdict(cfg), "model": str(model), "world_size": world})
+    if hasattr(logger, "rewind"):
+        logger.rewind(start)  # rows of steps after the resumed save are redone below
     last: dict[str, Any] = {}
-    update = 0
+    update = start * cfg.updates_per_batch
     try:
-        for step in range(cfg.steps):
+        for step in range(start, cfg.steps):
             sync_s = sampler.load_weights(_policy_state(scorer)) if step else 0.0
             idx = _step_prompts(len(prompts), cfg.prompts_per_step, opt.seed, step)
             t0 = time.perf_counter()
@@ -299,15 +359,21 @@ def rl_block(
                 progress=False,
             )
             sample_s = time.perf_counter() - t0
+            # every rank grades the whole step (a batch reward may sample, collectively)
             scores, reward_stats = grade(reward, [examples[i] for i in idx], outs, sampler)
             rewards = torch.tensor(scores)
             adv, flat = group_advantages(rewards, cfg.advantage, cfg.std_eps)
-            seqs = [
-                Example(k, [prompt_ids[i] + c.token_ids], [len(prompt_ids[i])])
-                for k, (i, c) in enumerate((i, c) for i, group in zip(idx, outs) for c in group)
-            ]
             lengths = torch.tensor([len(c.token_ids) for group in outs for c in group])
-            rollouts = _Rollouts(seqs, lengths, adv.flatten())
+            mine = _local_groups(len(idx))
+            rollouts = _Rollouts(
+                [
+                    Example(k, [prompt_ids[idx[q]] + c.token_ids], [len(prompt_ids[idx[q]])])
+                    for k, (q, c) in enumerate((q, c) for q in mine for c in outs[q])
+                ],
+                lengths.view(len(idx), -1)[mine.start : mine.stop].flatten(),
+                adv[mine.start : mine.stop].flatten(),
+            )
+            n_tok, n_seqs = int(lengths.sum()), lengths.numel()
             t1 = time.perf_counter()
             if cfg.updates_per_batch > 1:
                 rollouts.old_logp = _score_no_grad(
@@ -317,30 +383,29 @@ def rl_block(
                 rollouts.ref_logp = _score_no_grad(
                     ref_scorer, rollouts, opt.micro_batch_size, pad_id, device, cfg.temperature
                 )
-            sums: dict[str, float] = {}
+            first: dict[str, float] = {}
             grad_norms = []
             clipped = 0.0
             for _ in range(cfg.updates_per_batch):
                 lr = opt.lr * lr_factor(update, total, warmup, opt.min_lr_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                values = _update(scorer, rollouts, cfg, pad_id, device)
+                values = _update(scorer, rollouts, cfg, pad_id, device, n_tok, n_seqs)
                 grad_norm = _grad_norm_and_clip(scorer, opt.grad_clip)
                 if not (math.isfinite(values["loss"]) and math.isfinite(grad_norm)):
                     raise NonFiniteError(
                         f"step {step + 1}: non-finite loss or gradient "
-                        f"(loss={values['loss']}, grad_norm={grad_norm})"
+                        f"(loss={values['loss']}, grad_norm={grad_norm}); last good state: "
+                        f"{state_io.latest_state(state_root) or 'none saved'}"
                     )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 update += 1
                 grad_norms.append(grad_norm)
                 clipped += values["clipped"]
-                if not sums:  # the first update's statistics: those of the sampling policy itself
-                    sums = values
+                first = first or values  # the first update's statistics: the sampling policy's own
             train_s = time.perf_counter() - t1
-            n_tok = int(lengths.sum())
-            first = sums
+            trained = sum(len(prompt_ids[i]) for i in idx) * cfg.group_size + n_tok
             row = {
                 "reward/mean": float(rewards.mean()),
                 "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
@@ -349,11 +414,11 @@ def rl_block(
                 "pg_loss": first["pg_loss"],
                 "clip_fraction": clipped / (cfg.updates_per_batch * n_tok),
                 "entropy_mc": first["neg_logp"] / n_tok,
-                "response_length": n_tok / len(seqs),
+                "response_length": n_tok / n_seqs,
                 "lr": lr,
                 "grad_norm": grad_norms[-1],
                 "sampling_tokens_per_s": n_tok / sample_s,
-                "training_tokens_per_s": cfg.updates_per_batch * sum(ex.n_tokens for ex in seqs) / train_s,
+                "training_tokens_per_s": cfg.updates_per_batch * trained / train_s,
                 "sync_s": sync_s,
                 "sample_s": sample_s,
                 "train_s": train_s,
@@ -363,10 +428,15 @@ def rl_block(
             row.update(reward_stats)
             logger.log(row, step=step + 1)
             last = row
+            done = step + 1
+            if opt.save_every and done % opt.save_every == 0 and done < cfg.steps:
+                meta = {"run_key": run_key}
+                state_io.save_state(state_root, done, scorer, optimizer, meta, opt.keep_states)
         del optimizer
         _save_full_model(scorer, config_template, save_dtype, tokenizer, final_dir)
         if dist.is_main():
             write_json_atomic(out / RESULT_FILE, {"steps": cfg.steps, "metrics": last})
+            shutil.rmtree(state_root, ignore_errors=True)
         dist.barrier()
     finally:
         if own_logger:
