@@ -161,12 +161,12 @@ class VerifierReward:
         from ..verify import get_verifier
 
         texts = [[c.text for c in group] for group in groups]
+        sampler = self.verifier_sampler(policy_sampler)  # loading a fixed model is not verification time
         t0 = time.perf_counter()
-        verifier = get_verifier(
-            self.method, self.verifier_sampler(policy_sampler), seed=self.step_seed(self.calls),
-            **self.verifier_options,
+        seed = self.step_seed(self.calls)
+        result = get_verifier(self.method, sampler, seed=seed, **self.verifier_options).score(
+            self.task, examples, texts
         )
-        result = verifier.score(self.task, examples, texts)
         verify_s = time.perf_counter() - t0
         self.calls += 1
         self.last_result = result
@@ -181,7 +181,8 @@ class VerifierReward:
     def step_stats(self) -> dict[str, float]:
         """The last call's failure rate of the verifier (reward/verifier_failed), the task grader's
         mean over the same responses (reward/task: true accuracy beside the self-assessed reward)
-        and the seconds the verification took (reward/verify_s); empty before the first call."""
+        and the seconds the verification took (reward/verify_s; a fixed model's loading excluded);
+        empty before the first call."""
         return dict(self._stats)
 
 
