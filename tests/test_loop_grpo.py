@@ -104,7 +104,7 @@ def test_an_unknown_reward_lists_the_registered_ones():
     from selftrain.tasks import get_task
     from selftrain.train.rewards import make_reward
 
-    with pytest.raises(ValueError, match=r"rl.reward='nope': unknown; registered: task"):
+    with pytest.raises(ValueError, match=r"rl.reward='nope': unknown; registered: self_verify, task"):
         make_reward("nope", get_task("arith"))
 
 
