@@ -415,3 +415,48 @@ def test_replicates_are_tested_and_powered_by_the_two_level_t(tmp_path):
         assert lines[key].test == stats.REPLICATE_T and lines[key].n_needed is None
         assert lines[key].mde == pytest.approx(stats.t_mde(res.se, res.df, levels[key]))
         assert stats.t_power(res.se, res.df, lines[key].mde, levels[key]) == pytest.approx(0.8, abs=1e-6)
+
+
+def _rollouts(folder: Path, steps: list[tuple[list[int], list[list[float]]]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"step": s + 1, "questions": q, "rewards": r} for s, (q, r) in enumerate(steps)]
+    (folder / "rollouts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_rl_block_reward_change_pairs_first_and_last_draw_of_each_question(tmp_path):
+    from scipy.stats import ttest_rel
+
+    from selftrain.report.summary import rl_reward_change
+
+    folder = tmp_path / "r" / "iter_2" / "trainer"
+    # question 3 is drawn once (left out); 0, 1, 2 twice or three times
+    _rollouts(folder, [
+        ([0, 1], [[0, 0, 1, 0], [0, 0, 0, 0]]),
+        ([2, 3], [[1, 0, 0, 0], [1, 1, 1, 1]]),
+        ([0, 1], [[1, 0, 1, 0], [0, 1, 0, 0]]),
+        ([2, 0], [[1, 1, 1, 0], [1, 1, 1, 1]]),
+    ])
+    test, n = rl_reward_change(folder)
+    first, last = [0.25, 0.0, 0.25], [1.0, 0.25, 0.75]
+    assert n == 3
+    assert (test.value_a, test.value_b) == (pytest.approx(np.mean(first)), pytest.approx(np.mean(last)))
+    want = ttest_rel(last, first)
+    assert test.p_value == pytest.approx(want.pvalue)
+    ci = want.confidence_interval(0.95)
+    assert test.interval(0.95) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+    rows = [_row(0, 0.1, 0.2, 0.7, "base"), _row(1, 0.3, 0.6, 0.5, "gold_sft"),
+            _row(2, 0.4, 0.6, 0.6, "grpo")]
+    run_dir = tmp_path / "r"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"paradigm": "iter_grpo", "iterations": 2}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = render_report(load_run(run_dir))
+    assert "## Online RL blocks: reward on the training questions" in text
+    lo, hi = test.interval(0.95)
+    assert "on the 3 training questions it drew at least twice" in text
+    assert f"{test.delta:+.3f} (95% CI {lo:+.3f} .. {hi:+.3f}, paired t over questions, unadjusted" in text
+
+    _rollouts(folder, [([0, 1], [[0, 1], [1, 1]]), ([2, 3], [[0, 0], [1, 0]])])  # nothing drawn twice
+    assert rl_reward_change(folder) is None
+    assert "fewer than 2 training questions were drawn twice" in render_report(load_run(run_dir))

@@ -106,13 +106,17 @@ def test_one_process_kill_and_resume_equals_uninterrupted(tmp_path):
     killed = subprocess.run([sys.executable, str(script), str(run)], cwd=ROOT, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     assert (run / "state" / "latest").read_text().strip() == "step-00000002"
-    # a row the killed run logged after its last save is redone, not kept twice
-    (run / "metrics.jsonl").open("a").write(json.dumps({"step": 3, "reward/mean": -1.0}) + "\n")
+    # rows the killed run logged after its last save are redone, not kept twice
+    for name, row in (("metrics.jsonl", {"reward/mean": -1.0}), ("rollouts.jsonl", {"questions": []})):
+        with (run / name).open("a") as fh:
+            fh.write(json.dumps({"step": 3, **row}) + "\n")
     ref = tmp_path / "ref"
     questions = list(range(len(PROMPTS)))
     rl_block(_config(), "tiny-random", questions, PROMPTS, first_token_even, ref, ref_model="tiny-random")
     rl_block(_config(), "tiny-random", questions, PROMPTS, first_token_even, run, ref_model="tiny-random")
     _same_rows(_rows(ref), _rows(run))
+    rollouts = [(out / "rollouts.jsonl").read_text().splitlines() for out in (ref, run)]
+    assert rollouts[0] == rollouts[1] and len(rollouts[0]) == 4  # rewound to the save, then redone
     _assert_same_weights(ref, run, atol=1e-6)
     assert not (run / "state").exists()
 

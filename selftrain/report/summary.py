@@ -441,6 +441,7 @@ def render_report(run: RunRecord, analysis: RunAnalysis | None = None) -> str:
             lines.append(f"- `{p.metric}`: smallest change the report's own verdict ({_power_rule(p)}, "
                          f"its share of alpha {a.alpha:g}) detects with 80% power on {a.n_questions} "
                          f"questions: {mde}{need} (from {p.basis}).")
+    lines += rl_block_lines(run, a.confidence)
     if a.spread:
         lines += replicate_table(a, done)
     if a.unavailable:
@@ -464,6 +465,59 @@ def render_report(run: RunRecord, analysis: RunAnalysis | None = None) -> str:
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
         lines.append("")
     return "\n".join(lines)
+
+
+def rl_reward_change(trainer_dir: Path) -> tuple[stats.PairedTest, int] | None:
+    """How an online RL block changed the reward on its own training questions: each question drawn
+    at least twice in the block, its group's mean reward the first time against the last time,
+    paired over those questions (t-test); with their number. None when the block left no
+    rollouts.jsonl or drew fewer than 2 questions twice. Only questions drawn again compare fairly:
+    a step's mean reward moves with which questions it happened to draw."""
+    import json
+
+    path = trainer_dir / "rollouts.jsonl"
+    if not path.is_file():
+        return None
+    draws: dict[int, list[float]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            for q, group in zip(row["questions"], row["rewards"]):
+                draws.setdefault(int(q), []).append(float(np.mean(group)))
+    again = [means for means in draws.values() if len(means) >= 2]
+    if len(again) < 2:
+        return None
+    test = stats.paired_t(stats.mean_statistic([m[0] for m in again]),
+                          stats.mean_statistic([m[-1] for m in again]))
+    return test, len(again)
+
+
+def rl_block_lines(run: RunRecord, confidence: float) -> list[str]:
+    """The report's section on online RL blocks: the training reward's change per block."""
+    lines = []
+    for t in run.iterations:
+        folder = run.folder / f"iter_{t}" / "trainer"
+        if not (folder / "rollouts.jsonl").is_file():
+            continue
+        change = rl_reward_change(folder)
+        if change is None or change[0].delta is None:
+            lines.append(f"- M{t}'s block: fewer than 2 training questions were drawn twice, so its reward "
+                         "change is not measured (a fair comparison needs the same questions).")
+            continue
+        test, n = change
+        ci = test.interval(confidence)
+        ci_text = f"{confidence:.0%} CI {ci[0]:+.3f} .. {ci[1]:+.3f}" if ci else "interval undefined"
+        lines.append(
+            f"- M{t}'s block: on the {n} training questions it drew at least twice, the mean reward of "
+            f"a question's group went from {test.value_a:.3f} (first draw) to {test.value_b:.3f} (last "
+            f"draw): {test.delta:+.3f} ({ci_text}, paired t over questions, unadjusted: a description "
+            "of training, outside the verdicts' error control)."
+        )
+    if not lines:
+        return []
+    return ["", "## Online RL blocks: reward on the training questions", "",
+            "Per-step curves (reward, KL, entropy): plots/rl_curves.png; each step's questions and "
+            "rewards: iter_<t>/trainer/rollouts.jsonl.", ""] + lines
 
 
 def replicate_table(a: RunAnalysis, done: Sequence[int]) -> list[str]:

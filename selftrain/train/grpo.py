@@ -36,6 +36,7 @@ import torch
 from .. import dist
 from ..models import declared_dtype, is_complete_checkpoint, load_model, load_tokenizer
 from ..report import write_json_atomic
+from ..report.logger import append_jsonl, rewind_jsonl
 from . import state as state_io
 from .config import TrainConfig
 from .data import IGNORE, Example, _prompt_ids, collate
@@ -55,6 +56,7 @@ from .trainer import (
 )
 
 REFERENCES = ("previous", "sft", "base")
+ROLLOUTS_FILE = "rollouts.jsonl"  # per step: the questions drawn (indices into `examples`) and each reward
 
 
 @dataclass
@@ -341,6 +343,8 @@ def rl_block(
         logger = run_logger(out, opt, {**asdict(cfg), "model": str(model), "world_size": world})
     if hasattr(logger, "rewind"):
         logger.rewind(start)  # rows of steps after the resumed save are redone below
+    if dist.is_main():
+        rewind_jsonl(out / ROLLOUTS_FILE, start)
     last: dict[str, Any] = {}
     update = start * cfg.updates_per_batch
     try:
@@ -427,6 +431,8 @@ def rl_block(
                 row["kl"] = first["kl"] / n_tok
             row.update(reward_stats)
             logger.log(row, step=step + 1)
+            if dist.is_main():
+                append_jsonl(out / ROLLOUTS_FILE, {"step": step + 1, "questions": idx, "rewards": scores})
             last = row
             done = step + 1
             if opt.save_every and done % opt.save_every == 0 and done < cfg.steps:
