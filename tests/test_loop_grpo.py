@@ -78,12 +78,14 @@ def test_an_online_rl_iteration_is_measured_like_any_other(tmp_path, paradigm, e
 
 
 def test_a_block_killed_midway_reruns_to_the_uninterrupted_result(tmp_path):
-    """SIGKILL once the block has logged a step; the rerun starts the block over from M1 (seeded)
-    and ends with the uninterrupted run's model, metrics and a log of exactly one block."""
+    """SIGKILL once the block has logged a step; the rerun resumes the block from its saved state
+    (rl.optim.save_every=1; or starts it over from M1 when the kill came before the save: seeded,
+    the same steps) and ends with the uninterrupted run's model, metrics and a log of one block."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    run_recipe("iter_grpo", [f"out_dir={whole}", *LOOP], procs=1)
+    loop = [*LOOP, "rl.optim.save_every=1"]
+    run_recipe("iter_grpo", [f"out_dir={whole}", *loop], procs=1)
     log = killed / "iter_2" / "trainer" / "train_log.jsonl"
-    proc = subprocess.Popen(recipe_command("iter_grpo", [f"out_dir={killed}", *LOOP], 1), cwd=REPO,
+    proc = subprocess.Popen(recipe_command("iter_grpo", [f"out_dir={killed}", *loop], 1), cwd=REPO,
                             env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -94,7 +96,7 @@ def test_a_block_killed_midway_reruns_to_the_uninterrupted_result(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    run_recipe("iter_grpo", [f"out_dir={killed}", *LOOP], procs=1)
+    run_recipe("iter_grpo", [f"out_dir={killed}", *loop], procs=1)
     for name in ("iter_2/eval/metrics.json", "iter_2/train/result.json"):
         assert json.loads((killed / name).read_text()) == json.loads((whole / name).read_text()), name
     assert [r["step"] for r in _rows(log)] == [1, 2, 3]

@@ -55,3 +55,78 @@ def test_disabled_logger_stays_disabled_under_env(tmp_path, monkeypatch):
     log.log({"loss": 1.0}, step=0)
     log.finish()
     assert (tmp_path / "metrics.jsonl").is_file() and not (tmp_path / "wandb").exists()
+
+
+class _FakeRun:
+    """Records what RunLogger asks of a W&B run."""
+
+    def __init__(self) -> None:
+        self.defined: dict[str, str | None] = {}
+        self.rows: list[tuple[dict, dict]] = []
+
+    def define_metric(self, name: str, step_metric: str | None = None) -> None:
+        self.defined[name] = step_metric
+
+    def log(self, values: dict, **kwargs) -> None:
+        self.rows.append((values, kwargs))
+
+    def finish(self) -> None:
+        pass
+
+
+def test_series_get_their_own_wandb_axis_and_never_move_wandbs_step(tmp_path):
+    log = RunLogger(tmp_path, mode="disabled")
+    log._wandb = run = _FakeRun()
+    log.log({"pass@1": 0.1}, step=0)
+    log.log_series("rl", {"reward/mean": 0.2, "note": "x"}, 1)
+    log.log_series("rl", {"reward/mean": 0.3}, 2)
+    log.log({"pass@1": 0.4}, step=1)  # after 2 series rows: W&B would drop an explicit step=1 here
+    assert all(kwargs == {} for _, kwargs in run.rows)  # W&B's own step is never passed
+    assert [values for values, _ in run.rows] == [
+        {"pass@1": 0.1, "step": 0},
+        {"rl/reward/mean": 0.2, "rl/step": 1},
+        {"rl/reward/mean": 0.3, "rl/step": 2},
+        {"pass@1": 0.4, "step": 1},
+    ]
+    assert run.defined == {"step": None, "pass@1": "step", "rl/step": None, "rl/reward/mean": "rl/step"}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"pass@1": 0.1, "step": 0}, {"pass@1": 0.4, "step": 1}]  # series rows: W&B only
+
+
+def test_series_reach_an_offline_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    log = RunLogger(tmp_path, name="t")
+    log.log({"loss": 1.0}, step=0)
+    log.log_series("rl", {"reward/mean": 0.25}, 1)
+    log.finish()
+    (record,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    data = record.read_bytes()
+    assert b"rl/reward/mean" in data and b"rl/step" in data
+
+
+def test_rewind_drops_rows_after_the_step(tmp_path):
+    from selftrain.loop.artifacts import JsonlTrainLogger
+
+    log = RunLogger(tmp_path, mode="disabled")
+    train_log = JsonlTrainLogger(tmp_path / "train_log.jsonl", show_progress=False)
+    for step in (1, 2, 3):
+        log.log({"x": step}, step=step)
+        train_log.log({"x": step}, step=step)
+    log.rewind(1)
+    train_log.rewind(2)
+    assert [json.loads(s)["step"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert [json.loads(s)["step"] for s in (tmp_path / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_train_log_series_go_to_the_run_loggers_axis_with_an_offset(tmp_path):
+    from selftrain.loop.artifacts import JsonlTrainLogger
+
+    log = RunLogger(tmp_path, mode="disabled")
+    log._wandb = run = _FakeRun()
+    train_log = JsonlTrainLogger(tmp_path / "train_log.jsonl", show_progress=False, series=(log, "rl", 10))
+    train_log.log({"reward/mean": 0.5}, step=1)
+    train_log.log({"reward/mean": 0.75}, step=2)
+    assert [values for values, _ in run.rows] == [
+        {"rl/reward/mean": 0.5, "rl/step": 11},
+        {"rl/reward/mean": 0.75, "rl/step": 12},
+    ]

@@ -62,14 +62,21 @@ def say(message: str) -> None:
 class JsonlTrainLogger:
     """What the trainer logs per step: a JSONL file beside the checkpoint and a tqdm bar (rank 0).
 
-    The run's W&B run has one step per iteration, so the trainer's per-step rows cannot go there
-    with their own step numbers; they stay in `path`. `total_steps` sizes the bar (the trainer
-    may end a little earlier when it drops over-long records)."""
+    The run's W&B rows are per iteration; with `series=(run_logger, prefix, offset)` each row also
+    goes to W&B as `<prefix>/<key>` against its own axis `<prefix>/step` = offset + step (online
+    RL blocks: one axis of online steps across iterations). `total_steps` sizes the bar (the
+    trainer may end a little earlier when it drops over-long records)."""
 
     def __init__(
-        self, path: str | os.PathLike, total_steps: int = 0, desc: str = "train", show_progress: bool = True
+        self,
+        path: str | os.PathLike,
+        total_steps: int = 0,
+        desc: str = "train",
+        show_progress: bool = True,
+        series: tuple[Any, str, int] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.series = series
         self._bar = None
         if dist.is_main() and show_progress:
             from tqdm.auto import tqdm
@@ -82,6 +89,9 @@ class JsonlTrainLogger:
         from ..report.logger import append_jsonl
 
         append_jsonl(self.path, {**metrics, **({"step": step} if step is not None else {})})
+        if self.series is not None and step is not None:
+            run_logger, prefix, offset = self.series
+            run_logger.log_series(prefix, metrics, offset + step)
         if self._bar is not None and step is not None:
             self._bar.update(step - self._bar.n)
             loss = metrics.get("loss")

@@ -308,6 +308,10 @@ class LoopEngine:
             for ex in self.train_examples
         ]
         self.train_stop = stop_strings_for(self.task, self.tokenizer, cfg.data.prompt_format)
+        if any(self._is_online(step_kind(cfg.paradigm, t)) for t in range(1, cfg.iterations + 1)):
+            from ..train.rewards import make_reward
+
+            make_reward(cfg.rl.reward, self.task, cfg.rl.reward_options)  # a bad reward fails now, not at M_t
         self.eval_data = load_eval_data(cfg.task, self.task, cfg.data, cfg.ood, self.tokenizer)
         self.samplers = SamplerCache(self.tokenizer, cfg.sampler)
         self.logger = RunLogger(
@@ -488,6 +492,15 @@ class LoopEngine:
         # the checkpoint lives beside the stage (iter_t/trainer, the trainer's own resumable folder)
         return self._stage(t, "train", compute, describe, outputs=("trainer",))
 
+    @staticmethod
+    def _is_online(kind: str) -> bool:
+        return kind != GOLD_SFT and get_step_kind(kind).online
+
+    def _rl_steps(self, t: int) -> int:
+        """Online steps of iteration t's block (the W&B `rl/step` axis runs on across blocks)."""
+        overrides = get_step_kind(step_kind(self.cfg.paradigm, t)).train_overrides
+        return int(overrides.get("steps", self.cfg.rl.steps))
+
     def rl_stage(self, t: int, kind: str) -> Path:
         """M_t = a block of online RL steps from M_{t-1} on the training questions, graded by the
         task (rl_block samples from the current policy in process); per-step rows (reward, KL,
@@ -512,9 +525,11 @@ class LoopEngine:
             # rl_block resumes from out_dir/state when `rl.optim.save_every` saved one, and rewinds
             # this log to that step (to 0 when there is none: a killed block then starts over)
             out_dir = self.iter_dir(t) / "trainer"
+            earlier = [u for u in range(1, t) if self._is_online(step_kind(cfg.paradigm, u))]
             log = JsonlTrainLogger(
                 out_dir / "train_log.jsonl", total_steps=rcfg.steps, desc=f"train M{t} ({kind})",
                 show_progress=self.show_progress,
+                series=(self.logger, "rl", sum(self._rl_steps(u) for u in earlier)),
             )
             try:
                 res = rl_block(
@@ -632,7 +647,7 @@ class LoopEngine:
         kind = None
         for t in range(1, cfg.iterations + 1):
             kind = step_kind(cfg.paradigm, t)
-            if kind != GOLD_SFT and get_step_kind(kind).online:
+            if self._is_online(kind):
                 self.rl_stage(t, kind)
             else:
                 if kind != GOLD_SFT:

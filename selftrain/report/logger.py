@@ -94,6 +94,7 @@ class RunLogger:
         self.enabled = dist.is_main()
         self.jsonl = self.out_dir / jsonl_name
         self._wandb = None
+        self._x_of: dict[str, str] = {}  # W&B key -> the key it is charted against
         if not self.enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +119,21 @@ class RunLogger:
     def wandb_dir(self) -> str | None:
         return getattr(self._wandb, "dir", None) if self._wandb is not None else None
 
+    def _log_against(self, values: dict[str, Any], x_key: str, x: int | None) -> None:
+        """One W&B row whose keys are charted against `x_key` (W&B's define_metric). W&B's own step
+        is never passed: it only goes forward, and a run holds several x axes (iterations, online
+        RL steps) whose values interleave."""
+        if x is not None:
+            new = [k for k in values if k not in self._x_of]
+            if x_key not in self._x_of:
+                self._wandb.define_metric(x_key)
+                self._x_of[x_key] = x_key
+            for key in new:
+                self._wandb.define_metric(key, step_metric=x_key)
+                self._x_of[key] = x_key
+            values = {**values, x_key: x}
+        self._wandb.log(values)
+
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if not self.enabled:
             return
@@ -127,7 +143,15 @@ class RunLogger:
         append_jsonl(self.jsonl, row)
         if self._wandb is not None:
             flat = {k: v for k, v in _jsonable(metrics).items() if isinstance(v, (int, float))}
-            self._wandb.log(flat, step=step)
+            self._log_against(flat, "step", step)
+
+    def log_series(self, prefix: str, metrics: dict[str, Any], x: int) -> None:
+        """W&B only: `metrics` as `<prefix>/<key>`, charted against their own axis `<prefix>/step`
+        = x (e.g. online RL steps across iterations, beside the loop's per-iteration rows)."""
+        if not self.enabled or self._wandb is None:
+            return
+        flat = {f"{prefix}/{k}": v for k, v in _jsonable(metrics).items() if isinstance(v, (int, float))}
+        self._log_against(flat, f"{prefix}/step", x)
 
     def rewind(self, step: int) -> None:
         """Forget metrics.jsonl rows after `step` (W&B keeps what it has: its steps only go forward)."""
@@ -139,7 +163,7 @@ class RunLogger:
             return
         import wandb
 
-        self._wandb.log({key: wandb.Image(str(png_path))}, step=step)
+        self._log_against({key: wandb.Image(str(png_path))}, "step", step)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         if not self.enabled or self._wandb is None:
