@@ -219,12 +219,19 @@ def plot_churn(churn: Sequence[dict[str, Any]], path: Path, baseline: str = "M1"
     return _save(fig, path)
 
 
-RL_CURVES = (("reward/mean", "reward"), ("kl", "KL to ref. (k3)"), ("entropy_mc", "entropy (MC, nats)"))
+RL_CURVES = (
+    ("reward/mean", "reward"),
+    ("reward/task", "task grade\n(self_verify)"),  # the true accuracy beside a self-verifier's approval
+    ("kl", "KL to ref. (k3)"),
+    ("entropy_mc", "entropy (MC, nats)"),
+    ("response_length", "response length\n(tokens)"),
+)
 
 
 def plot_rl_curves(run: RunRecord, path: Path) -> Path | None:
     """The online RL blocks' per-step curves (iter_<t>/trainer/train_log.jsonl of grpo / rloo
-    iterations): reward with its spread, KL when logged, entropy; one x axis of online steps, a
+    iterations): reward with its spread, the task's grade when a self-verifier gave the reward, KL
+    when logged, entropy, response length; one x axis of online steps, a
     dotted line where each iteration's block starts. None for a run with no online step."""
     import json
 
