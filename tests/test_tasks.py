@@ -519,9 +519,24 @@ def test_arith_generation_is_deterministic_levelled_and_disjoint():
     assert task.load("test", limit=5) == test[:5]
 
 
+def test_arith_levels_option_picks_the_train_and_test_levels():
+    default = get_task("arith", train_size=12, test_size=6, ood_size_per_level=2)
+    explicit = get_task("arith", train_size=12, test_size=6, ood_size_per_level=2, levels=[1, 2, 3])
+    assert default.load("train") == explicit.load("train") and default.load("test") == explicit.load("test")
+    easy = get_task("arith", train_size=12, test_size=6, ood_size_per_level=2, levels=[1, 3])
+    assert [e.meta["level"] for e in easy.load("train")] == [1, 3] * 6
+    assert [e.meta["level"] for e in easy.load("test")] == [1, 3] * 3
+    assert [e.meta["level"] for e in easy.load("ood")] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]  # OOD unchanged
+    questions = [{e.question for e in easy.load(s)} for s in ("train", "test", "ood")]
+    assert sum(map(len, questions)) == len(set().union(*questions))  # still disjoint
+
+
 def test_arith_options_are_checked():
     with pytest.raises(ValueError, match="train_size"):
         get_task("arith", train_size=-1)
+    for bad in ([], [0], [6], "1", [True]):
+        with pytest.raises(ValueError, match="levels must be a non-empty list of levels 1-5"):
+            get_task("arith", levels=bad)
     assert len(get_task("arith", train_size=0).load("train")) == 0
 
 

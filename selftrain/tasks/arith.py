@@ -4,7 +4,9 @@ A problem tells a short story (a person with marbles, apples, money or farm anim
 quantity changes `level` times by +, -, x or exact division; level = number of operations (1-5).
 Everything is an integer and never negative. Generation is deterministic given the options.
 
-Splits: `test` and `train` hold levels 1-3 in equal shares; `ood` holds levels 1-5,
+Splits: `test` and `train` hold levels 1-3 in equal shares (option `levels`: the levels they cycle
+through, e.g. [1] for the one-operation problems a 135M model solves often enough to learn from by
+online RL); `ood` holds levels 1-5,
 `ood_size_per_level` of each. The three splits share no question: `test` is generated first, then
 `ood` skipping test questions, then `train` skipping both. Levels 1-2 keep every operand in 1-20 so
 a small instruct model solves some of them; later levels allow larger numbers.
@@ -268,14 +270,16 @@ def _generate(rng: random.Random, levels: list[int], taken: set[str]) -> list[Pr
 
 @lru_cache(maxsize=8)
 def generate_splits(
-    seed: int, train_size: int, test_size: int, ood_per_level: int
+    seed: int, train_size: int, test_size: int, ood_per_level: int, levels: tuple[int, ...] = (1, 2, 3)
 ) -> dict[str, tuple[Problem, ...]]:
-    """All three splits, disjoint by question text; each split has its own random stream."""
+    """All three splits, disjoint by question text; each split has its own random stream. Train and
+    test cycle through `levels` (question i has level levels[i % len(levels)])."""
     taken: set[str] = set()
-    test = _generate(random.Random(f"arith-{seed}-test"), [i % 3 + 1 for i in range(test_size)], taken)
+    cycle = [levels[i % len(levels)] for i in range(max(train_size, test_size))]
+    test = _generate(random.Random(f"arith-{seed}-test"), cycle[:test_size], taken)
     ood_levels = [level for level in range(1, 6) for _ in range(ood_per_level)]
     ood = _generate(random.Random(f"arith-{seed}-ood"), ood_levels, taken)
-    train = _generate(random.Random(f"arith-{seed}-train"), [i % 3 + 1 for i in range(train_size)], taken)
+    train = _generate(random.Random(f"arith-{seed}-train"), cycle[:train_size], taken)
     return {"train": tuple(train), "test": tuple(test), "ood": tuple(ood)}
 
 
@@ -287,11 +291,15 @@ class Arith(Task):
     eval_split = "test"
 
     def __init__(self, train_size: int = 2000, test_size: int = 300, ood_size_per_level: int = 60,
-                 seed: int = 0) -> None:
+                 seed: int = 0, levels: list[int] | tuple[int, ...] = (1, 2, 3)) -> None:
         for option, value in (("train_size", train_size), ("test_size", test_size),
                               ("ood_size_per_level", ood_size_per_level), ("seed", seed)):
             if not isinstance(value, int) or isinstance(value, bool) or (option != "seed" and value < 0):
                 raise ValueError(f"arith: {option} must be a non-negative integer, got {value!r}")
+        if (not isinstance(levels, (list, tuple)) or not levels
+                or any(isinstance(v, bool) or v not in LEVEL_LIMITS for v in levels)):
+            raise ValueError(f"arith: levels must be a non-empty list of levels 1-5, got {levels!r}")
+        self.levels = tuple(levels)
         self.train_size = train_size
         self.test_size = test_size
         self.ood_size_per_level = ood_size_per_level
@@ -300,7 +308,9 @@ class Arith(Task):
     def _load_split(self, split: str, path: str | Path | None) -> list[Example]:
         if path is not None:
             raise ValueError("arith is generated; it reads no file (path must be None)")
-        problems = generate_splits(self.seed, self.train_size, self.test_size, self.ood_size_per_level)[split]
+        problems = generate_splits(
+            self.seed, self.train_size, self.test_size, self.ood_size_per_level, self.levels
+        )[split]
         return [
             Example(
                 id=f"arith-{split}-{i:05d}",
