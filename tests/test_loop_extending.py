@@ -14,7 +14,7 @@ import test_loop_engine as engine_fakes  # tests/ is on sys.path under pytest
 import selftrain.tasks
 from selftrain.loop import paradigms as paradigms_mod
 from selftrain.loop import steps as steps_mod
-from selftrain.train import grpo as grpo_mod
+from selftrain.train import rewards as rewards_mod
 
 # The fake sampler / trainer fixtures of the engine tests.
 fakes = engine_fakes.fakes
@@ -36,7 +36,7 @@ def plugins(tmp_path, monkeypatch):
     monkeypatch.setattr(paradigms_mod, "_PARADIGMS", dict(paradigms_mod._PARADIGMS))
     monkeypatch.setattr(steps_mod, "_STEP_KINDS", dict(steps_mod._STEP_KINDS))
     monkeypatch.setattr(selftrain.tasks, "_REGISTRY", dict(selftrain.tasks._REGISTRY))
-    monkeypatch.setattr(grpo_mod, "_REWARDS", dict(grpo_mod._REWARDS))
+    monkeypatch.setattr(rewards_mod, "_REWARDS", dict(rewards_mod._REWARDS))
     yield blocks
     for name in [m for m in sys.modules if m == "my_plugins" or m.startswith("my_plugins.")]:
         del sys.modules[name]
