@@ -13,6 +13,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +62,15 @@ def _config() -> RLConfig:
     return RLConfig(**CFG, optim=TrainConfig(**OPTIM))
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The block on one process without torch.distributed, never killed: what both tests match."""
+    out = tmp_path_factory.mktemp("rl") / "one"
+    rl_block(_config(), "tiny-random", list(range(len(PROMPTS))), PROMPTS, first_token_even, out,
+             ref_model="tiny-random")
+    return out
+
+
 def _same_rows(one: list[dict], two: list[dict]) -> None:
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4]
     for r1, r2 in zip(one, two):
@@ -70,7 +80,7 @@ def _same_rows(one: list[dict], two: list[dict]) -> None:
             assert r2[key] == pytest.approx(r1[key], abs=1e-5), key
 
 
-def test_two_process_block_with_kill_and_resume_equals_one_process(tmp_path):
+def test_two_process_block_with_kill_and_resume_equals_one_process(tmp_path, uninterrupted):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     out2 = tmp_path / "two"
@@ -82,11 +92,8 @@ def test_two_process_block_with_kill_and_resume_equals_one_process(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (out2 / "state").exists()
 
-    out1 = tmp_path / "one"
-    rl_block(_config(), "tiny-random", list(range(len(PROMPTS))), PROMPTS, first_token_even, out1,
-             ref_model="tiny-random")  # no torch.distributed at all
-    _same_rows(_rows(out1), _rows(out2))
-    _assert_same_weights(out1, out2, atol=1e-4)
+    _same_rows(_rows(uninterrupted), _rows(out2))
+    _assert_same_weights(uninterrupted, out2, atol=1e-4)
 
 
 KILLER = kill_after_save("2") + f"""
@@ -99,7 +106,7 @@ rl_block(RLConfig(**CFG, optim=TrainConfig(**OPTIM)), "tiny-random", list(range(
 """
 
 
-def test_one_process_kill_and_resume_equals_uninterrupted(tmp_path):
+def test_one_process_kill_and_resume_equals_uninterrupted_and_refuses_other_settings(tmp_path, uninterrupted):
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     run = tmp_path / "run"
@@ -110,26 +117,17 @@ def test_one_process_kill_and_resume_equals_uninterrupted(tmp_path):
     for name, row in (("metrics.jsonl", {"reward/mean": -1.0}), ("rollouts.jsonl", {"questions": []})):
         with (run / name).open("a") as fh:
             fh.write(json.dumps({"step": 3, **row}) + "\n")
-    ref = tmp_path / "ref"
     questions = list(range(len(PROMPTS)))
-    rl_block(_config(), "tiny-random", questions, PROMPTS, first_token_even, ref, ref_model="tiny-random")
+    other = RLConfig(**{**CFG, "temperature": 0.5}, optim=TrainConfig(**OPTIM))
+    with pytest.raises(RuntimeError, match="other settings"):  # a save is resumed by its own run only
+        rl_block(other, "tiny-random", questions, PROMPTS, first_token_even, run, ref_model="tiny-random")
+    ref = uninterrupted
     rl_block(_config(), "tiny-random", questions, PROMPTS, first_token_even, run, ref_model="tiny-random")
     _same_rows(_rows(ref), _rows(run))
     rollouts = [(out / "rollouts.jsonl").read_text().splitlines() for out in (ref, run)]
     assert rollouts[0] == rollouts[1] and len(rollouts[0]) == 4  # rewound to the save, then redone
     _assert_same_weights(ref, run, atol=1e-6)
     assert not (run / "state").exists()
-
-
-def test_resume_refuses_a_state_of_other_settings(tmp_path):
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER)
-    run = tmp_path / "run"
-    subprocess.run([sys.executable, str(script), str(run)], cwd=ROOT, timeout=300)
-    other = RLConfig(**{**CFG, "temperature": 0.5}, optim=TrainConfig(**OPTIM))
-    with pytest.raises(RuntimeError, match="other settings"):
-        rl_block(other, "tiny-random", list(range(len(PROMPTS))), PROMPTS, first_token_even, run,
-                 ref_model="tiny-random")
 
 
 def test_prompts_per_step_must_split_over_ranks(tmp_path, monkeypatch):
