@@ -318,16 +318,7 @@ def rl_block(
 
     run_key = _run_key(cfg, model, ref_model, prompts)
     state_root = out / "state"
-    start = 0
-    latest = dist.broadcast_object(str(state_io.latest_state(state_root) or "") if dist.is_main() else None)
-    if latest:
-        saved = json.loads((Path(latest) / "meta.json").read_text())
-        if saved.get("run_key") != json.loads(json.dumps(run_key)):
-            raise RuntimeError(
-                f"{latest} was saved by an RL block with other settings, prompts or model; remove "
-                f"{state_root} or choose another out_dir"
-            )
-        start = int(state_io.load_state(Path(latest), scorer, optimizer)["step"])
+    start = state_io.resume(state_root, run_key, scorer, optimizer)
     sampler = Sampler(
         str(model),
         tokenizer=tokenizer,

@@ -129,3 +129,27 @@ def load_state(
     if len(rngs) == dist.world_size():
         _set_rng_state(rngs[dist.rank()])
     return meta
+
+
+def resume(
+    root: Path,
+    run_key: dict[str, Any],
+    scorer: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainable_only: bool = False,
+) -> int:
+    """Restore the newest save under `root` and return its step (0 when there is none). A save
+    whose meta `run_key` differs from `run_key` (other settings, data or model) is refused, naming
+    the folder. Collective."""
+    import json
+
+    latest = dist.broadcast_object(str(latest_state(root) or "") if dist.is_main() else None)
+    if not latest:
+        return 0
+    saved = json.loads((Path(latest) / "meta.json").read_text())
+    if saved.get("run_key") != json.loads(json.dumps(run_key)):
+        raise RuntimeError(
+            f"{latest} was saved by a run with other settings, data or model; remove {root} or "
+            f"choose another out_dir"
+        )
+    return int(load_state(Path(latest), scorer, optimizer, trainable_only=trainable_only)["step"])

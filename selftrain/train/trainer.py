@@ -335,17 +335,7 @@ def train(
     }
 
     state_root = out / "state"
-    start = 0
-    latest = dist.broadcast_object(str(state_io.latest_state(state_root) or "") if dist.is_main() else None)
-    if latest:
-        saved = json.loads((Path(latest) / "meta.json").read_text())
-        if saved.get("run_key") != json.loads(json.dumps(run_key)):
-            raise RuntimeError(
-                f"{latest} was saved by a run with other settings, data or model; remove {state_root} "
-                f"or choose another out_dir"
-            )
-        saved_state = state_io.load_state(Path(latest), scorer, optimizer, trainable_only=lcfg is not None)
-        start = int(saved_state["step"])
+    start = state_io.resume(state_root, run_key, scorer, optimizer, trainable_only=lcfg is not None)
 
     own_logger = logger is None
     if own_logger:
